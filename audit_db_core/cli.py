@@ -1,0 +1,219 @@
+"""``audit-platform``: the command line.
+
+    audit-platform dev [--dir PATH] [--demo-events N]   local servers + migrations + demo data, until Ctrl-C
+    audit-platform local up|down|status [--dir PATH]    local PostgreSQL primary + replica + Redis
+    audit-platform migrate                              apply migrations (settings from AUDIT_* variables)
+    audit-platform demo [--events N]                    write sample events
+    audit-platform health [--json]                      exit 1 when unhealthy
+
+``eval "$(audit-platform local up)"`` exports ``AUDIT_DATABASE_URL``, ``AUDIT_REPLICA_URLS`` and
+``AUDIT_REDIS_URL`` for the other commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from audit_db_core.errors import AuditError, ConfigurationError
+from audit_db_core.local import LocalServerError
+
+DEFAULT_DIR = ".audit-platform"
+logger = logging.getLogger("audit_db_core.cli")
+
+
+def _print_err(message: str) -> None:
+    print(f"audit-platform: {message}", file=sys.stderr)
+
+
+# -- local ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from audit_db_core.local import LocalServers
+
+    servers = LocalServers(Path(args.dir), replica=not args.no_replica, redis=not args.no_redis)
+    if args.action == "up":
+        # `export` so that `eval "$(audit-platform local up)"` hands the URLs to the commands run next.
+        print("".join(f"export {line}\n" for line in servers.up().env_lines().splitlines()), end="")
+        print(f"# servers run in {Path(args.dir).resolve()}; stop them with: audit-platform local down --dir {args.dir}",
+              file=sys.stderr)
+    elif args.action == "down":
+        servers.down(remove=args.remove)
+        print(f"stopped the local servers in {Path(args.dir).resolve()}", file=sys.stderr)
+    else:
+        status = servers.status()
+        if args.json:
+            print(json.dumps(status, indent=2, default=str))
+        else:
+            for name, info in status.items():
+                state = "running" if info.get("running") else "stopped"
+                print(f"{name:<8} {state:<8} port={info.get('port')} pid={info.get('pid')}")
+    return 0
+
+
+# -- database commands ---------------------------------------------------------------------------------------------
+
+
+def _settings() -> Any:
+    from audit_db_core.config import AuditSettings
+
+    return AuditSettings()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from audit_db_core.database import AuditDatabase
+
+    with AuditDatabase(_settings()) as db:
+        result = db.migrate()
+        parts = db.partitions.list_partitions()
+    for label in result.applied:
+        print(f"applied  {label}")
+    print(f"schema version {result.schema_version}; {len(result.applied)} applied now, "
+          f"{len(result.already_applied)} already; {len(parts)} partitions")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from audit_db_core.database import AuditDatabase
+    from audit_db_core.demo import demo_events
+
+    with AuditDatabase(_settings()) as db:
+        written = db.insert_many(demo_events(args.events, seed=args.seed))
+    print(f"wrote {written} demo events")
+    return 0
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from audit_db_core.database import AuditDatabase
+
+    db = AuditDatabase(_settings())
+    try:
+        db.open()
+    except AuditError as exc:
+        report: dict[str, Any] = {"status": "unhealthy", "components": {"primary": {"healthy": False, "error": str(exc)}}}
+    else:
+        with db:
+            report = db.health().to_dict()
+    if args.json:
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(f"status: {report['status']}")
+        for name, comp in report["components"].items():
+            mark = "ok  " if comp["healthy"] else "FAIL"
+            print(f"  {mark} {name} {comp.get('error') or ''}".rstrip())
+    return 0 if report["status"] == "healthy" else 1
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    """Start (or reuse) the servers, migrate, seed demo data, and keep running until Ctrl-C / SIGTERM."""
+    from audit_db_core.config import AuditSettings
+    from audit_db_core.database import AuditDatabase
+    from audit_db_core.demo import demo_events
+    from audit_db_core.local import LocalServers
+    from audit_db_core.query import AuditQuery
+
+    servers = None
+    if not os.environ.get("AUDIT_DATABASE_URL"):
+        servers = LocalServers(Path(args.dir))
+        ep = servers.up()
+        os.environ.update(
+            AUDIT_DATABASE_URL=ep.database_url,
+            AUDIT_REPLICA_URLS=",".join(ep.replica_urls),
+            AUDIT_REDIS_URL=ep.redis_url,
+        )
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        settings = AuditSettings()
+        with AuditDatabase(settings) as db:
+            result = db.migrate()
+            written = db.insert_many(demo_events(args.demo_events)) if args.demo_events else 0
+            total = db.count(AuditQuery())
+        print("audit platform (development) is up", flush=True)
+        print(f"  AUDIT_DATABASE_URL={settings.display_database_url}")
+        print(f"  AUDIT_REPLICA_URLS={','.join(settings.display_replica_urls)}")
+        print(f"  AUDIT_REDIS_URL={settings.display_redis_url or ''}")
+        print(f"  schema version {result.schema_version}; {written} demo events written; {total} events stored")
+        if servers is not None:
+            print(f"  data in {Path(args.dir).resolve()} (kept between runs)")
+        print("Press Ctrl-C to stop.", flush=True)
+        if args.exit_after_setup:
+            return 0
+        stop.wait()
+        return 0
+    finally:
+        if servers is not None:
+            servers.down()
+            print("local servers stopped", file=sys.stderr)
+
+
+# -- entry point ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="audit-platform", description="Audit-log platform on PostgreSQL.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run the platform locally (servers, migrations, demo data) until Ctrl-C")
+    dev.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory of the local servers (default {DEFAULT_DIR})")
+    dev.add_argument("--demo-events", type=int, default=1000, help="sample events to write at start (0: none)")
+    dev.add_argument("--exit-after-setup", action="store_true", help=argparse.SUPPRESS)
+    dev.set_defaults(func=cmd_dev)
+
+    local = sub.add_parser("local", help="local PostgreSQL primary + replica + Redis")
+    local.add_argument("action", choices=["up", "down", "status"])
+    local.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory (default {DEFAULT_DIR})")
+    local.add_argument("--no-replica", action="store_true", help="no streaming replica")
+    local.add_argument("--no-redis", action="store_true", help="no Redis")
+    local.add_argument("--remove", action="store_true", help="with down: delete the data directory too")
+    local.add_argument("--json", action="store_true", help="with status: JSON output")
+    local.set_defaults(func=cmd_local)
+
+    mig = sub.add_parser("migrate", help="apply migrations and premake partitions (settings from AUDIT_*)")
+    mig.set_defaults(func=cmd_migrate)
+
+    demo = sub.add_parser("demo", help="write sample events")
+    demo.add_argument("--events", type=int, default=1000)
+    demo.add_argument("--seed", type=int, default=1)
+    demo.set_defaults(func=cmd_demo)
+
+    health = sub.add_parser("health", help="health report; exit code 1 when unhealthy")
+    health.add_argument("--json", action="store_true")
+    health.set_defaults(func=cmd_health)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ConfigurationError as exc:
+        _print_err(str(exc))
+        return 2
+    except AuditError as exc:
+        _print_err(f"{type(exc).__name__}: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except LocalServerError as exc:
+        _print_err(str(exc))
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

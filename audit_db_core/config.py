@@ -1,0 +1,357 @@
+"""Settings: one pydantic-settings tree, read from ``AUDIT_*`` environment variables.
+
+Top-level URLs are flat (``AUDIT_DATABASE_URL``, ``AUDIT_REPLICA_URLS``, ``AUDIT_REDIS_URL``); sections nest with
+``__`` (``AUDIT_POOL__MAX_SIZE=20``, ``AUDIT_PARTITIONS__INTERVAL=quarterly``,
+``AUDIT_BREAKERS__PRIMARY__FAILURE_THRESHOLD=5``). An invalid value raises :class:`ConfigurationError` naming
+the variable and the reason. URLs are ``SecretStr``: their passwords never show in ``repr``, logs or errors.
+
+Example::
+
+    settings = AuditSettings()                                   # from the environment
+    settings = AuditSettings(database_url="postgresql://app@db/audit", partitions={"interval": "quarterly"})
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from typing import Annotated, Any, ClassVar, Literal
+
+import pydantic
+from pydantic_core import core_schema
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from audit_db_core.errors import ConfigurationError, redact
+
+ENV_PREFIX = "AUDIT_"
+
+_PERIOD = re.compile(r"^\s*(\d+)\s*(day|week|month|quarter|year)s?\s*$", re.IGNORECASE)
+_NAMED = {
+    "daily": "1 day",
+    "weekly": "1 week",
+    "monthly": "1 month",
+    "quarterly": "1 quarter",
+    "yearly": "1 year",
+    "annual": "1 year",
+}
+
+
+@functools.total_ordering
+class Period:
+    """A calendar length: whole months (month, quarter, year) or whole days (day, week), never both.
+
+    >>> Period.parse("quarterly"), Period.parse("7 years"), Period.parse("90 days")
+    (Period(months=3, days=0), Period(months=84, days=0), Period(months=0, days=90))
+    """
+
+    __slots__ = ("months", "days")
+
+    def __init__(self, months: int = 0, days: int = 0) -> None:
+        if months < 0 or days < 0 or (months and days) or not (months or days):
+            raise ValueError("a period is a positive number of months or of days")
+        self.months = months
+        self.days = days
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Period, (self.months, self.days))
+
+    def __repr__(self) -> str:
+        return f"Period(months={self.months}, days={self.days})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Period) and (self.months, self.days) == (other.months, other.days)
+
+    def __lt__(self, other: Period) -> bool:
+        return self.approx_days() < other.approx_days()
+
+    def __hash__(self) -> int:
+        return hash((self.months, self.days))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        # A plain validator (not a dataclass) so pydantic-settings reads "quarterly" from the env as text, not JSON.
+        return core_schema.no_info_plain_validator_function(
+            cls.parse, serialization=core_schema.plain_serializer_function_ser_schema(str)
+        )
+
+    @classmethod
+    def parse(cls, value: Any) -> Period:
+        if isinstance(value, Period):
+            return value
+        if isinstance(value, dict):
+            return cls(months=int(value.get("months", 0)), days=int(value.get("days", 0)))
+        if not isinstance(value, str):
+            raise ValueError("expected a period such as 'monthly', '3 months', '90 days' or '7 years'")
+        text = _NAMED.get(value.strip().lower(), value)
+        m = _PERIOD.match(text)
+        if not m:
+            raise ValueError(
+                f"{value!r} is not a period: use daily/weekly/monthly/quarterly/yearly or '<n> days|weeks|months|"
+                "quarters|years'"
+            )
+        n, unit = int(m.group(1)), m.group(2).lower()
+        if n <= 0:
+            raise ValueError("a period must be at least 1 unit long")
+        factor = {"day": (0, 1), "week": (0, 7), "month": (1, 0), "quarter": (3, 0), "year": (12, 0)}[unit]
+        return cls(months=n * factor[0], days=n * factor[1])
+
+    def __str__(self) -> str:
+        if self.months:
+            if self.months % 12 == 0:
+                return f"{self.months // 12} year{'s' if self.months != 12 else ''}"
+            return f"{self.months} month{'s' if self.months != 1 else ''}"
+        return f"{self.days} day{'s' if self.days != 1 else ''}"
+
+    def approx_days(self) -> float:
+        return self.months * 30.436875 + self.days
+
+
+def _period_field(default: str, description: str) -> Any:
+    return Field(default=Period.parse(default), description=description)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PoolSettings(_Section):
+    """Connection pools (psycopg_pool), per server."""
+
+    min_size: int = Field(default=1, ge=0, le=1000)
+    max_size: int = Field(default=10, ge=1, le=1000)
+    replica_max_size: int = Field(default=10, ge=1, le=1000)
+    timeout_seconds: float = Field(default=10.0, gt=0, le=600, description="wait for a free connection")
+    connect_timeout_seconds: int = Field(default=5, ge=1, le=120)
+    statement_timeout_ms: int = Field(default=30_000, ge=0, le=86_400_000, description="0 disables it")
+    max_idle_seconds: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> PoolSettings:
+        if self.min_size > self.max_size:
+            raise ValueError(f"min_size ({self.min_size}) must not exceed max_size ({self.max_size})")
+        return self
+
+
+class PartitionSettings(_Section):
+    """Time partitioning of ``audit_log`` (bounds and names in UTC)."""
+
+    interval: Period = _period_field("monthly", "monthly (default), quarterly, yearly, weekly, daily, '<n> months'…")
+    premake: int = Field(default=3, ge=0, le=120, description="future partitions kept ready ahead of now")
+    active_window: Period = _period_field("90 days", "partitions older than this become eligible for archival")
+
+    @field_validator("interval")
+    @classmethod
+    def _interval_shape(cls, value: Period) -> Period:
+        if value.months and 12 % value.months and value.months % 12:
+            raise ValueError("a month-based interval must divide a year (1, 2, 3, 4, 6 months) or be whole years")
+        return value
+
+
+class RetentionSettings(_Section):
+    """How long audit rows are kept. HIPAA asks for six years of documentation; seven is the default."""
+
+    default: Period = _period_field("7 years", "retention when no policy matches")
+    policies: Annotated[dict[str, Period], NoDecode] = Field(
+        default_factory=dict,
+        description="per data classification (PHI, CONFIDENTIAL, …) or retention_policy name: a period",
+    )
+    archive_retention: Period = _period_field("7 years", "how long archives are kept after the partition is purged")
+
+    @field_validator("policies", mode="before")
+    @classmethod
+    def _policies(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError('expected a JSON object such as {"PHI": "7 years"}') from exc
+        if not isinstance(value, dict):
+            raise ValueError('expected a mapping such as {"PHI": "7 years"}')
+        out = {}
+        for name, period in value.items():
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError("policy names must be non-empty strings")
+            try:
+                out[name] = Period.parse(period)
+            except ValueError as exc:
+                raise ValueError(f"policy {name!r}: {exc}") from None
+        return out
+
+    def for_policy(self, name: str | None) -> Period:
+        return self.policies.get(name or "", self.default)
+
+
+class CacheSettings(_Section):
+    enabled: bool = True
+    l1_max_entries: int = Field(default=10_000, ge=0)
+    l1_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
+    ttl_seconds: float = Field(default=60.0, gt=0, description="results whose window is still open")
+    closed_window_ttl_seconds: float = Field(default=3600.0, gt=0, description="results over a closed past window")
+    redis_timeout_seconds: float = Field(default=0.25, gt=0, le=30)
+
+
+class BreakerSettings(_Section):
+    """One circuit breaker: ``failure_threshold`` failures within ``window_seconds`` open it for
+    ``reset_timeout_seconds``; then ``half_open_max_calls`` trial calls decide whether it closes."""
+
+    failure_threshold: int = Field(default=5, ge=1, le=10_000)
+    window_seconds: float = Field(default=30.0, gt=0)
+    reset_timeout_seconds: float = Field(default=30.0, gt=0, description="how long the breaker stays open")
+    half_open_max_calls: int = Field(default=1, ge=1, le=1000)
+
+
+class ReplicaBreakerSettings(BreakerSettings):
+    failure_threshold: int = Field(default=3, ge=1, le=10_000)
+    window_seconds: float = Field(default=15.0, gt=0)
+    reset_timeout_seconds: float = Field(default=15.0, gt=0)
+
+
+class RedisBreakerSettings(BreakerSettings):
+    failure_threshold: int = Field(default=10, ge=1, le=10_000)
+    window_seconds: float = Field(default=60.0, gt=0)
+    reset_timeout_seconds: float = Field(default=5.0, gt=0)
+
+
+class PartitionBreakerSettings(BreakerSettings):
+    failure_threshold: int = Field(default=2, ge=1, le=10_000)
+    window_seconds: float = Field(default=10.0, gt=0)
+    reset_timeout_seconds: float = Field(default=60.0, gt=0)
+
+
+class BreakersSettings(_Section):
+    """The seed's thresholds: primary 5/30s→30s, replica 3/15s→15s, Redis 10/60s→5s, partitions 2/10s→60s."""
+
+    primary: BreakerSettings = BreakerSettings()
+    replica: ReplicaBreakerSettings = ReplicaBreakerSettings()
+    redis: RedisBreakerSettings = RedisBreakerSettings()
+    partitions: PartitionBreakerSettings = PartitionBreakerSettings()
+
+
+class IngestSettings(_Section):
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000, description="events per COPY batch (one transaction)")
+
+
+class QuerySettings(_Section):
+    default_page_size: int = Field(default=100, ge=1, le=10_000)
+    max_page_size: int = Field(default=1000, ge=1, le=10_000, description="hard cap: a larger limit is an error")
+
+
+_PG_SCHEMES = ("postgresql://", "postgres://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class AuditSettings(BaseSettings):
+    """Every setting of the library, with its default, in one tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="ignore",
+        frozen=True,
+        validate_default=True,
+    )
+
+    database_url: SecretStr = Field(description="primary PostgreSQL, postgresql://user:password@host:port/db")
+    replica_urls: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="read replicas, comma-separated (or a JSON list)"
+    )
+    redis_url: SecretStr | None = Field(default=None, description="Redis for the L2 query cache; unset = L1 only")
+    application_name: str = Field(default="audit-db-core", min_length=1, max_length=63)
+
+    pool: PoolSettings = PoolSettings()
+    partitions: PartitionSettings = PartitionSettings()
+    retention: RetentionSettings = RetentionSettings()
+    cache: CacheSettings = CacheSettings()
+    breakers: BreakersSettings = BreakersSettings()
+    ingest: IngestSettings = IngestSettings()
+    query: QuerySettings = QuerySettings()
+
+    _subject: ClassVar[str] = "settings"
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except pydantic.ValidationError as exc:
+            raise ConfigurationError.from_pydantic(self._subject, exc, env_prefix=ENV_PREFIX) from None
+        except SettingsError as exc:
+            # Raised when an env value for a nested section is not valid JSON; name the variable, not the source.
+            m = re.search(r'field "([^"]+)"', str(exc))
+            name = ENV_PREFIX + (m.group(1).upper() if m else "")
+            raise ConfigurationError(self._subject, [(name, "could not be parsed (expected JSON or a plain value)")]) from None
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_url(cls, value: SecretStr) -> SecretStr:
+        _check_url(value.get_secret_value(), _PG_SCHEMES)
+        return value
+
+    @field_validator("replica_urls", mode="before")
+    @classmethod
+    def _split_replicas(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    return json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise ValueError("not a valid JSON list of URLs") from exc
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("replica_urls")
+    @classmethod
+    def _replica_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
+        for url in value:
+            _check_url(url.get_secret_value(), _PG_SCHEMES)
+        return value
+
+    @field_validator("redis_url", mode="before")
+    @classmethod
+    def _empty_redis(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            _check_url(value.get_secret_value(), _REDIS_SCHEMES)
+        return value
+
+    @property
+    def display_database_url(self) -> str:
+        """The primary URL with its password masked, for logs and UIs."""
+        return redact(self.database_url.get_secret_value())
+
+    @property
+    def display_replica_urls(self) -> list[str]:
+        return [redact(u.get_secret_value()) for u in self.replica_urls]
+
+    @property
+    def display_redis_url(self) -> str | None:
+        return redact(self.redis_url.get_secret_value()) if self.redis_url else None
+
+    def with_overrides(self, **changes: Any) -> AuditSettings:
+        """A copy with some values replaced, validated again (settings are frozen)."""
+        data = self.model_dump()
+        for key in ("database_url", "redis_url"):
+            if isinstance(data.get(key), SecretStr):
+                data[key] = data[key].get_secret_value()
+        data["replica_urls"] = [u.get_secret_value() for u in self.replica_urls]
+        data.update(changes)
+        return type(self)(**data)
+
+
+ConsistencyLevel = Literal["strong", "bounded", "eventual"]
+
+
+def _check_url(url: str, schemes: tuple[str, ...]) -> None:
+    if not url.strip():
+        raise ValueError("must not be empty")
+    if not url.startswith(schemes):
+        raise ValueError(f"must start with {' or '.join(schemes)}")
+    rest = url.split("://", 1)[1]
+    if schemes is _PG_SCHEMES and not rest.split("/", 1)[0].rsplit("@", 1)[-1]:
+        raise ValueError("has no host")

@@ -1,0 +1,186 @@
+"""Connection pools (psycopg_pool) for the primary and each replica, with health checks and pool statistics.
+
+Example::
+
+    with ConnectionManager(settings) as cm:
+        with cm.connection() as conn:
+            conn.execute("SELECT 1")
+        cm.pool_stats()["primary"]["size"]
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+from audit_db_core.config import AuditSettings
+from audit_db_core.errors import AuditConnectionError, classify, redact
+
+logger = logging.getLogger("audit_db_core.connections")
+
+
+def connect_kwargs(settings: AuditSettings) -> dict[str, Any]:
+    """Options every connection of the library gets (timeouts, application name)."""
+    options = f"-c statement_timeout={settings.pool.statement_timeout_ms}"
+    return {
+        "connect_timeout": settings.pool.connect_timeout_seconds,
+        "application_name": settings.application_name,
+        "options": options,
+    }
+
+
+class ConnectionManager:
+    """Owns the pools. ``connection()`` lends a primary connection; replicas get their own pools."""
+
+    def __init__(self, settings: AuditSettings) -> None:
+        self.settings = settings
+        self._primary: ConnectionPool | None = None
+        self._replicas: list[ConnectionPool] = []
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    def open(self, *, wait: bool = True) -> ConnectionManager:
+        if self._primary is not None:
+            return self
+        pool_cfg = self.settings.pool
+        self._primary = self._make_pool(
+            self.settings.database_url.get_secret_value(), "primary", pool_cfg.min_size, pool_cfg.max_size
+        )
+        self._replicas = [
+            self._make_pool(url.get_secret_value(), f"replica-{i}", 0, pool_cfg.replica_max_size)
+            for i, url in enumerate(self.settings.replica_urls)
+        ]
+        if wait:
+            try:
+                self._primary.wait(timeout=pool_cfg.timeout_seconds)
+            except Exception as exc:
+                self.close()
+                raise AuditConnectionError(
+                    f"cannot connect to the primary at {self.settings.display_database_url}: {_reason(exc)}",
+                    operation="connect",
+                ) from None
+        logger.info(
+            "pools opened",
+            extra={"audit": {"primary": self.settings.display_database_url, "replicas": len(self._replicas)}},
+        )
+        return self
+
+    def _make_pool(self, conninfo: str, name: str, min_size: int, max_size: int) -> ConnectionPool:
+        return ConnectionPool(
+            conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs=connect_kwargs(self.settings),
+            timeout=self.settings.pool.timeout_seconds,
+            max_idle=self.settings.pool.max_idle_seconds,
+            name=name,
+            open=True,
+            check=ConnectionPool.check_connection,
+        )
+
+    def close(self) -> None:
+        for pool in [self._primary, *self._replicas]:
+            if pool is not None:
+                pool.close()
+        self._primary = None
+        self._replicas = []
+
+    def __enter__(self) -> ConnectionManager:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def primary_pool(self) -> ConnectionPool:
+        if self._primary is None:
+            raise AuditConnectionError("the connection manager is not open", operation="connection")
+        return self._primary
+
+    @property
+    def replica_pools(self) -> list[ConnectionPool]:
+        return list(self._replicas)
+
+    # -- use -----------------------------------------------------------------------------------------------------
+
+    @contextmanager
+    def connection(self, *, operation: str = "connection") -> Iterator[psycopg.Connection[Any]]:
+        """A primary connection from the pool; driver errors come out as classified ``AuditError``s."""
+        pool = self.primary_pool
+        try:
+            with pool.connection() as conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise classify(exc, operation=operation) from exc
+        except Exception as exc:
+            if type(exc).__module__.startswith("psycopg_pool"):
+                raise classify(exc, operation=operation) from exc
+            raise
+
+    def health_check(self) -> dict[str, Any]:
+        """Reach the primary: ``{"reachable", "latency_ms", "server_version", "in_recovery", "error"}``."""
+        started = time.perf_counter()
+        try:
+            with self.primary_pool.connection(timeout=self.settings.pool.timeout_seconds) as conn:
+                conn.row_factory = dict_row  # type: ignore[assignment]
+                row = conn.execute(
+                    "SELECT current_setting('server_version') AS server_version,"
+                    " pg_is_in_recovery() AS in_recovery, current_database() AS database"
+                ).fetchone()
+            assert row is not None
+            return {
+                "reachable": True,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "server_version": row["server_version"],
+                "in_recovery": row["in_recovery"],
+                "database": row["database"],
+                "error": None,
+            }
+        except Exception as exc:
+            return {
+                "reachable": False,
+                "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+                "server_version": None,
+                "in_recovery": None,
+                "database": None,
+                "error": _reason(exc),
+            }
+
+    def pool_stats(self) -> dict[str, dict[str, Any]]:
+        """Real numbers from each pool: size, in use, idle, waiting, and acquisition totals."""
+        out: dict[str, dict[str, Any]] = {}
+        pools = [("primary", self._primary)] + [(p.name, p) for p in self._replicas]
+        for name, pool in pools:
+            if pool is None:
+                continue
+            s = pool.get_stats()
+            size = s.get("pool_size", 0)
+            available = s.get("pool_available", 0)
+            requests = s.get("requests_num", 0)
+            out[name] = {
+                "min_size": s.get("pool_min", pool.min_size),
+                "max_size": s.get("pool_max", pool.max_size),
+                "size": size,
+                "idle": available,
+                "in_use": max(size - available, 0),
+                "waiting": s.get("requests_waiting", 0),
+                "requests": requests,
+                "requests_queued": s.get("requests_queued", 0),
+                "requests_wait_ms_total": s.get("requests_wait_ms", 0),
+                "avg_acquire_ms": round(s.get("requests_wait_ms", 0) / requests, 3) if requests else 0.0,
+                "connections_made": s.get("connections_num", 0),
+                "connection_errors": s.get("connections_errors", 0),
+            }
+        return out
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return redact(text)

@@ -1,0 +1,270 @@
+"""Error hierarchy of the audit library.
+
+Every error the library raises is an :class:`AuditError` carrying a *category* (what kind of failure), a
+*severity* (how urgently an operator must act) and a *context* (the operation, the correlation id, the
+partition...). Messages never contain secrets (DSN passwords are redacted) nor the values of audit fields,
+which may be PHI: they name the field and the reason.
+
+Example::
+
+    try:
+        db.insert(event)
+    except AuditConnectionError as exc:
+        log.error("audit write failed", extra={"audit": exc.to_dict()})
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Iterable
+from typing import Any
+
+import psycopg
+import psycopg.errors
+
+
+class ErrorCategory(str, enum.Enum):
+    VALIDATION = "validation"
+    CONFIGURATION = "configuration"
+    CONNECTION = "connection"
+    TIMEOUT = "timeout"
+    PARTITION = "partition"
+    MIGRATION = "migration"
+    CACHE = "cache"
+    INTEGRITY = "integrity"
+    COMPLIANCE = "compliance"
+    DATABASE = "database"
+    LOCAL_SERVER = "local_server"
+
+
+class Severity(str, enum.Enum):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
+_KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """Mask passwords in URLs (``scheme://user:secret@host``) and ``password=...`` pairs.
+
+    >>> redact("postgresql://app:s3cret@db:5432/audit")
+    'postgresql://app:***@db:5432/audit'
+    """
+    text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    return _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
+
+
+class AuditError(Exception):
+    """Base of every error raised by the library."""
+
+    category: ErrorCategory = ErrorCategory.DATABASE
+    severity: Severity = Severity.HIGH
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        operation: str | None = None,
+        correlation_id: str | None = None,
+        severity: Severity | None = None,
+        **context: Any,
+    ) -> None:
+        self.message = redact(message)
+        if severity is not None:
+            self.severity = severity
+        self.context: dict[str, Any] = {
+            k: v
+            for k, v in {"operation": operation, "correlation_id": correlation_id, **context}.items()
+            if v is not None
+        }
+        super().__init__(self.message)
+
+    @property
+    def operation(self) -> str | None:
+        return self.context.get("operation")
+
+    @property
+    def correlation_id(self) -> str | None:
+        return self.context.get("correlation_id")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready form for structured logs and alerts."""
+        return {
+            "error": type(self).__name__,
+            "category": self.category.value,
+            "severity": self.severity.value,
+            "retryable": self.retryable,
+            "message": self.message,
+            "context": {k: str(v) for k, v in self.context.items()},
+        }
+
+    def __str__(self) -> str:
+        where = f" [{self.operation}]" if self.operation else ""
+        return f"{self.message}{where}"
+
+
+class FieldProblem(tuple[str, str]):
+    """One invalid field: ``(field, reason)``; ``field`` is a dotted path such as ``details.a.b``."""
+
+    __slots__ = ()
+
+    def __new__(cls, field: str, reason: str) -> FieldProblem:
+        return super().__new__(cls, (field, reason))
+
+    @property
+    def field(self) -> str:
+        return self[0]
+
+    @property
+    def reason(self) -> str:
+        return self[1]
+
+
+class AuditValidationError(AuditError, ValueError):
+    """Input refused before it reached the database. ``problems`` lists every (field, reason)."""
+
+    category = ErrorCategory.VALIDATION
+    severity = Severity.LOW
+
+    def __init__(self, subject: str, problems: Iterable[tuple[str, str]], **context: Any) -> None:
+        self.subject = subject
+        self.problems = [FieldProblem(f, r) for f, r in problems]
+        listed = "; ".join(f"{p.field}: {p.reason}" for p in self.problems)
+        super().__init__(f"invalid {subject}: {listed}", **context)
+
+    @property
+    def fields(self) -> list[str]:
+        return [p.field for p in self.problems]
+
+    @classmethod
+    def from_pydantic(cls, subject: str, exc: Any, *, env_prefix: str | None = None) -> AuditValidationError:
+        """Turn a ``pydantic.ValidationError`` into ours, without echoing input values (they may be PHI)."""
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = [str(p) for p in err.get("loc", ())]
+            if env_prefix is not None:
+                field = env_prefix + "__".join(loc).upper() if loc else env_prefix.rstrip("_")
+            else:
+                field = ".".join(loc) or subject
+            msg = err.get("msg", "invalid")
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            problems.append((field, msg))
+        return cls(subject, problems)
+
+
+class ConfigurationError(AuditValidationError):
+    """A setting is missing or invalid; raised at start-up, naming the environment variable."""
+
+    category = ErrorCategory.CONFIGURATION
+    severity = Severity.CRITICAL
+
+
+class AuditConnectionError(AuditError):
+    """The database (or another backing service) could not be reached."""
+
+    category = ErrorCategory.CONNECTION
+    severity = Severity.HIGH
+    retryable = True
+
+
+class AuditTimeoutError(AuditError):
+    """An operation ran past its deadline (statement timeout, pool acquisition timeout)."""
+
+    category = ErrorCategory.TIMEOUT
+    severity = Severity.MEDIUM
+    retryable = True
+
+
+class PartitionError(AuditError):
+    """A partition could not be created, found or changed."""
+
+    category = ErrorCategory.PARTITION
+    severity = Severity.HIGH
+
+
+class MigrationError(AuditError):
+    """The schema could not be migrated (or an applied migration was altered)."""
+
+    category = ErrorCategory.MIGRATION
+    severity = Severity.CRITICAL
+
+
+class CacheError(AuditError):
+    """The query cache failed. Callers never see it: the cache is bypassed instead."""
+
+    category = ErrorCategory.CACHE
+    severity = Severity.LOW
+    retryable = True
+
+
+class IntegrityViolation(AuditError):
+    """Stored audit data does not match what was written (tampering, corruption)."""
+
+    category = ErrorCategory.INTEGRITY
+    severity = Severity.CRITICAL
+
+
+class ComplianceError(AuditError):
+    """An operation would break a compliance rule (append-only log, legal hold, retention)."""
+
+    category = ErrorCategory.COMPLIANCE
+    severity = Severity.CRITICAL
+
+
+class DatabaseError(AuditError):
+    """Any other database failure, with the SQLSTATE in its context."""
+
+    category = ErrorCategory.DATABASE
+    severity = Severity.HIGH
+
+
+def classify(exc: BaseException, *, operation: str | None = None, **context: Any) -> AuditError:
+    """Map a driver exception onto the library's hierarchy (an ``AuditError`` is returned as it is).
+
+    >>> classify(psycopg.OperationalError("connection refused"), operation="insert").category.value
+    'connection'
+    """
+    if isinstance(exc, AuditError):
+        return exc
+    message = str(exc).strip() or type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None)
+    if sqlstate:
+        context.setdefault("sqlstate", sqlstate)
+    err: AuditError
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        err = AuditTimeoutError(f"statement timed out: {message}", operation=operation, **context)
+    elif isinstance(exc, psycopg.errors.RaiseException) and "append-only" in message:
+        err = ComplianceError(message, operation=operation, **context)
+    elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
+        err = ComplianceError(f"not permitted: {message}", operation=operation, **context)
+    elif isinstance(exc, (psycopg.errors.ConnectionException, psycopg.errors.AdminShutdown)) or (
+        isinstance(exc, psycopg.OperationalError) and sqlstate is None
+    ):
+        err = AuditConnectionError(f"database unreachable: {message}", operation=operation, **context)
+    elif isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
+        err = DatabaseError(message, operation=operation, **context)
+        err.retryable = True
+    elif _is_pool_timeout(exc):
+        err = AuditTimeoutError(f"no database connection available in time: {message}", operation=operation, **context)
+    elif isinstance(exc, TimeoutError):
+        err = AuditTimeoutError(message, operation=operation, **context)
+    else:
+        err = DatabaseError(message, operation=operation, **context)
+    err.__cause__ = exc
+    return err
+
+
+def _is_pool_timeout(exc: BaseException) -> bool:
+    try:
+        from psycopg_pool import PoolTimeout
+    except ImportError:  # pragma: no cover - psycopg_pool is a dependency
+        return False
+    return isinstance(exc, PoolTimeout)
+

