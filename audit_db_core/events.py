@@ -134,14 +134,7 @@ class AuditEvent(BaseModel):
     @field_validator("event_time", mode="before")
     @classmethod
     def _parse_time(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError("not an ISO 8601 timestamp") from None
-        if isinstance(value, dt.datetime) and (value.tzinfo is None or value.utcoffset() is None):
-            raise ValueError("must be timezone-aware (a naive time is ambiguous); use UTC, e.g. datetime.now(UTC)")
-        return value
+        return aware_time(value)
 
     @field_validator("event_time")
     @classmethod
@@ -155,7 +148,7 @@ class AuditEvent(BaseModel):
     @classmethod
     def _text_is_storable(cls, value: Any) -> Any:
         if isinstance(value, str):
-            _check_text(value)
+            check_text(value)
         return value
 
     @field_validator("details", mode="before")
@@ -268,6 +261,18 @@ class StoredAuditEvent(AuditEvent):
         return self.stored_content_hash == self.content_hash
 
 
+def aware_time(value: Any) -> Any:
+    """Parse ISO 8601 text; refuse a naive datetime (the zone would be a guess). Other types pass through."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError("not an ISO 8601 timestamp") from None
+    if isinstance(value, dt.datetime) and (value.tzinfo is None or value.utcoffset() is None):
+        raise ValueError("must be timezone-aware (a naive time is ambiguous); use UTC, e.g. datetime.now(UTC)")
+    return value
+
+
 # -- canonical JSON ------------------------------------------------------------------------------------------------
 
 
@@ -291,7 +296,7 @@ def _emit(value: Any, out: list[str], path: str, depth: int) -> None:
     elif value is False:
         out.append("false")
     elif isinstance(value, str):
-        _check_text(value, path)
+        check_text(value, path)
         out.append(json.dumps(value, ensure_ascii=False))
     elif isinstance(value, int):
         out.append(str(int(value)))
@@ -307,7 +312,7 @@ def _emit(value: Any, out: list[str], path: str, depth: int) -> None:
                 out.append(",")
             first = False
             sub = f"{path}.{key}" if path else key
-            _check_text(key, sub)
+            check_text(key, sub)
             out.append(json.dumps(key, ensure_ascii=False))
             out.append(":")
             _emit(value[key], out, sub, depth + 1)
@@ -345,7 +350,7 @@ def _number(value: float, path: str) -> str:
     return format(d.normalize(), "f")
 
 
-def _check_text(text: str, path: str = "") -> None:
+def check_text(text: str, path: str = "") -> None:
     where = f"{path}: " if path else ""
     if "\x00" in text:
         raise ValueError(f"{where}contains a NUL character, which PostgreSQL cannot store")

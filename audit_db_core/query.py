@@ -37,7 +37,8 @@ from audit_db_core.events import (
     DataClassification,
     EventStatus,
     StoredAuditEvent,
-    _check_text,
+    check_text,
+    aware_time,
     canonical_json,
     format_time,
 )
@@ -102,21 +103,14 @@ class AuditQuery(BaseModel):
     @field_validator("since", "until", mode="before")
     @classmethod
     def _aware(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            try:
-                value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                raise ValueError("not an ISO 8601 timestamp") from None
-        if isinstance(value, dt.datetime) and (value.tzinfo is None or value.utcoffset() is None):
-            raise ValueError("must be timezone-aware (a naive time is ambiguous)")
-        return value
+        return aware_time(value)
 
     @field_validator("*", mode="after")
     @classmethod
     def _storable(cls, value: Any) -> Any:
         for item in value if isinstance(value, tuple) else (value,):
             if isinstance(item, str):
-                _check_text(item)
+                check_text(item)
         return value
 
     @field_validator("details_contains")
