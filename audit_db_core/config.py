@@ -334,17 +334,30 @@ class AuditSettings(BaseSettings):
         return redact(self.redis_url.get_secret_value()) if self.redis_url else None
 
     def with_overrides(self, **changes: Any) -> AuditSettings:
-        """A copy with some values replaced, validated again (settings are frozen)."""
+        """A copy with some values replaced and validated again (settings are frozen).
+
+        Sections merge: ``with_overrides(pool={"max_size": 5})`` keeps the other pool values. Every value is
+        passed explicitly, so the environment cannot mix into the copy.
+        """
         data = self.model_dump()
         for key in ("database_url", "redis_url"):
             if isinstance(data.get(key), SecretStr):
                 data[key] = data[key].get_secret_value()
         data["replica_urls"] = [u.get_secret_value() for u in self.replica_urls]
-        data.update(changes)
-        return type(self)(**data)
+        return type(self)(**_merge(data, changes))
 
 
 ConsistencyLevel = Literal["strong", "bounded", "eventual"]
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _check_url(url: str, schemes: tuple[str, ...]) -> None:
@@ -352,6 +365,3 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> None:
         raise ValueError("must not be empty")
     if not url.startswith(schemes):
         raise ValueError(f"must start with {' or '.join(schemes)}")
-    rest = url.split("://", 1)[1]
-    if schemes is _PG_SCHEMES and not rest.split("/", 1)[0].rsplit("@", 1)[-1]:
-        raise ValueError("has no host")

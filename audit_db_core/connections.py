@@ -63,7 +63,7 @@ class ConnectionManager:
             except Exception as exc:
                 self.close()
                 raise AuditConnectionError(
-                    f"cannot connect to the primary at {self.settings.display_database_url}: {_reason(exc)}",
+                    f"cannot connect to the primary at {self.settings.display_database_url}: {self._probe(exc)}",
                     operation="connect",
                 ) from None
         logger.info(
@@ -84,6 +84,16 @@ class ConnectionManager:
             open=True,
             check=ConnectionPool.check_connection,
         )
+
+    def _probe(self, pool_error: BaseException) -> str:
+        """The pool only says it timed out; one direct attempt tells the real cause (refused, bad password…)."""
+        try:
+            psycopg.connect(
+                self.settings.database_url.get_secret_value(), **connect_kwargs(self.settings)
+            ).close()
+        except Exception as exc:
+            return _reason(exc)
+        return _reason(pool_error)
 
     def close(self) -> None:
         for pool in [self._primary, *self._replicas]:
@@ -129,11 +139,17 @@ class ConnectionManager:
         started = time.perf_counter()
         try:
             with self.primary_pool.connection(timeout=self.settings.pool.timeout_seconds) as conn:
-                conn.row_factory = dict_row  # type: ignore[assignment]
-                row = conn.execute(
+                cur = conn.cursor(row_factory=dict_row)  # a cursor's factory: the pooled connection stays as it was
+                row = cur.execute(
                     "SELECT current_setting('server_version') AS server_version,"
-                    " pg_is_in_recovery() AS in_recovery, current_database() AS database"
+                    " pg_is_in_recovery() AS in_recovery, current_database() AS database,"
+                    " to_regclass('schema_migrations') IS NOT NULL AS migrated"
                 ).fetchone()
+                assert row is not None
+                row["schema_version"] = 0
+                if row["migrated"]:
+                    applied = cur.execute("SELECT coalesce(max(version), 0) AS v FROM schema_migrations").fetchone()
+                    row["schema_version"] = applied["v"] if applied else 0
             assert row is not None
             return {
                 "reachable": True,
@@ -141,6 +157,7 @@ class ConnectionManager:
                 "server_version": row["server_version"],
                 "in_recovery": row["in_recovery"],
                 "database": row["database"],
+                "schema_version": row["schema_version"],
                 "error": None,
             }
         except Exception as exc:
@@ -150,6 +167,7 @@ class ConnectionManager:
                 "server_version": None,
                 "in_recovery": None,
                 "database": None,
+                "schema_version": None,
                 "error": _reason(exc),
             }
 

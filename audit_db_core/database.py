@@ -31,7 +31,7 @@ from audit_db_core.events import EVENT_COLUMNS, AuditEvent, StoredAuditEvent
 from audit_db_core.health import HealthReport, build_health_report
 from audit_db_core.migrate import MigrationResult, migrate
 from audit_db_core.partitions import PartitionManager
-from audit_db_core.query import AuditQuery, QueryPage, count_statement, encode_cursor, select_statement
+from audit_db_core.query import AuditQuery, QueryPage, count_statement, encode_cursor, page_size, select_statement
 
 logger = logging.getLogger("audit_db_core.database")
 
@@ -60,18 +60,18 @@ _MERGE_STAGE = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOT
 _CONSISTENCY = get_args(ConsistencyLevel)
 
 
-def _as_event(item: Any, index: int) -> AuditEvent:
+def _as_event(item: Any, index: int | None) -> AuditEvent:
+    """An ``AuditEvent`` from an event or a mapping; errors name ``events[i].field`` (or ``event`` for one)."""
+    where = "event" if index is None else f"events[{index}]"
     if isinstance(item, AuditEvent):
         return item
     if isinstance(item, Mapping):
         try:
             return AuditEvent.model_validate(dict(item))
         except AuditValidationError as exc:
-            raise AuditValidationError(
-                "AuditEvent", [(f"events[{index}].{p.field}", p.reason) for p in exc.problems]
-            ) from None
+            raise AuditValidationError("AuditEvent", [(f"{where}.{p.field}", p.reason) for p in exc.problems]) from None
     raise AuditValidationError(
-        "AuditEvent", [(f"events[{index}]", f"expected an AuditEvent or a mapping, not {type(item).__name__}")]
+        "AuditEvent", [(where, f"expected an AuditEvent or a mapping, not {type(item).__name__}")]
     )
 
 
@@ -79,7 +79,7 @@ def _as_event(item: Any, index: int) -> AuditEvent:
 
 
 def _insert_one(conn: psycopg.Connection[Any], event: AuditEvent) -> bool:
-    cur = conn.execute(_INSERT_ONE, _as_event(event, 0).row())
+    cur = conn.execute(_INSERT_ONE, _as_event(event, None).row())
     return cur.rowcount == 1
 
 
@@ -117,7 +117,14 @@ def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_siz
         chunk = list(itertools.islice(iterator, batch_size))
         if not chunk:
             return written
-        rows = [_as_event(item, seen + i).row() for i, item in enumerate(chunk)]
+        try:
+            rows = [_as_event(item, seen + i).row() for i, item in enumerate(chunk)]
+        except AuditValidationError as exc:
+            if commit_each and seen:
+                exc.message += f" ({seen} events before this batch are stored; re-sending them all is safe)"
+                exc.args = (exc.message,)
+                exc.context["events_before_batch"] = seen
+            raise
         try:
             if commit_each:
                 with conn.transaction():
@@ -132,15 +139,16 @@ def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_siz
         seen += len(chunk)
 
 
-def _query(conn: psycopg.Connection[Any], query: AuditQuery, max_page_size: int) -> QueryPage:
+def _query(conn: psycopg.Connection[Any], query: AuditQuery, settings: AuditSettings) -> QueryPage:
     if not isinstance(query, AuditQuery):
         raise AuditValidationError("AuditQuery", [("query", f"expected an AuditQuery, not {type(query).__name__}")])
-    stmt, params = select_statement(query, max_page_size)
+    limit = page_size(query, settings.query.max_page_size, settings.query.default_page_size)
+    stmt, params = select_statement(query, limit)
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(stmt, params).fetchall()
-    events = [StoredAuditEvent.from_row(r) for r in rows[: query.limit]]
-    next_cursor = encode_cursor(query, events[-1]) if len(rows) > query.limit else None
-    return QueryPage(events=events, next_cursor=next_cursor, limit=query.limit)
+    events = [StoredAuditEvent.from_row(r) for r in rows[:limit]]
+    next_cursor = encode_cursor(query, events[-1]) if len(rows) > limit else None
+    return QueryPage(events=events, next_cursor=next_cursor, limit=limit)
 
 
 def _count(conn: psycopg.Connection[Any], query: AuditQuery) -> int:
@@ -172,7 +180,7 @@ class AuditTransaction:
         return _insert_many(self._conn, events, self._settings.ingest.batch_size, commit_each=False)
 
     def query(self, query: AuditQuery) -> QueryPage:
-        return _query(self._conn, query, self._settings.query.max_page_size)
+        return _query(self._conn, query, self._settings)
 
     def count(self, query: AuditQuery) -> int:
         return _count(self._conn, query)
@@ -256,7 +264,7 @@ class AuditDatabase:
     @_operation("insert")
     def insert(self, event: AuditEvent) -> bool:
         """Store one event. Returns ``False`` when that event (same time and id) was already stored."""
-        ev = _as_event(event, 0)
+        ev = _as_event(event, None)
         with self.connections.connection(operation="insert") as conn:
             return _insert_one(conn, ev)
 
@@ -281,7 +289,7 @@ class AuditDatabase:
         """
         _check_consistency(consistency)
         with self.connections.connection(operation="query") as conn:
-            return _query(conn, query, self.settings.query.max_page_size)
+            return _query(conn, query, self.settings)
 
     @_operation("count")
     def count(self, query: AuditQuery, *, consistency: ConsistencyLevel = "strong") -> int:

@@ -238,7 +238,9 @@ def classify(exc: BaseException, *, operation: str | None = None, **context: Any
     if sqlstate:
         context.setdefault("sqlstate", sqlstate)
     err: AuditError
-    if isinstance(exc, psycopg.errors.QueryCanceled):
+    if _is_pool_timeout(exc):  # a PoolTimeout is an OperationalError too: test it first
+        err = AuditTimeoutError(f"no database connection available in time: {message}", operation=operation, **context)
+    elif isinstance(exc, psycopg.errors.QueryCanceled):
         err = AuditTimeoutError(f"statement timed out: {message}", operation=operation, **context)
     elif isinstance(exc, psycopg.errors.RaiseException) and "append-only" in message:
         err = ComplianceError(message, operation=operation, **context)
@@ -251,8 +253,6 @@ def classify(exc: BaseException, *, operation: str | None = None, **context: Any
     elif isinstance(exc, psycopg.errors.SerializationFailure | psycopg.errors.DeadlockDetected):
         err = DatabaseError(message, operation=operation, **context)
         err.retryable = True
-    elif _is_pool_timeout(exc):
-        err = AuditTimeoutError(f"no database connection available in time: {message}", operation=operation, **context)
     elif isinstance(exc, TimeoutError):
         err = AuditTimeoutError(message, operation=operation, **context)
     else:

@@ -131,6 +131,12 @@ class AuditEvent(BaseModel):
         except pydantic.ValidationError as exc:
             raise AuditValidationError.from_pydantic(cls._subject, exc) from None
 
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> AuditEvent:  # type: ignore[override]
+        """A copy; with ``update``, a new validated event (its hash computed afresh, never the original's)."""
+        if not update:
+            return super().model_copy(deep=deep)
+        return type(self)(**{**self.model_dump(), **update})
+
     @field_validator("event_time", mode="before")
     @classmethod
     def _parse_time(cls, value: Any) -> Any:

@@ -32,7 +32,8 @@ class HealthReport:
     checked_at: dt.datetime
     components: dict[str, ComponentHealth]
     pools: dict[str, dict[str, Any]]
-    schema_version: int
+    schema_version: int | None  # applied in the database
+    package_schema_version: int  # shipped with this package
 
     @property
     def healthy(self) -> bool:
@@ -47,6 +48,7 @@ class HealthReport:
             "status": self.status,
             "checked_at": self.checked_at.isoformat(),
             "schema_version": self.schema_version,
+            "package_schema_version": self.package_schema_version,
             "components": {name: asdict(c) for name, c in self.components.items()},
             "pools": self.pools,
         }
@@ -54,6 +56,7 @@ class HealthReport:
 
 def build_health_report(db: AuditDatabase) -> HealthReport:
     primary = db.connections.health_check()
+    applied = primary.get("schema_version")
     components = {
         "primary": ComponentHealth(
             name="primary",
@@ -62,9 +65,20 @@ def build_health_report(db: AuditDatabase) -> HealthReport:
             error=primary["error"] or ("the primary is in recovery (a standby)" if primary["in_recovery"] else None),
         )
     }
+    if primary["reachable"]:
+        behind = applied is None or applied < SCHEMA_VERSION
+        components["schema"] = ComponentHealth(
+            name="schema",
+            healthy=not behind,
+            details={"applied": applied, "shipped": SCHEMA_VERSION},
+            error=f"database schema is at version {applied}, the package needs {SCHEMA_VERSION}: run migrate"
+            if behind
+            else None,
+        )
     return HealthReport(
         checked_at=dt.datetime.now(dt.UTC),
         components=components,
         pools=db.connections.pool_stats(),
-        schema_version=SCHEMA_VERSION,
+        schema_version=applied,
+        package_schema_version=SCHEMA_VERSION,
     )

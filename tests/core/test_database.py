@@ -307,3 +307,45 @@ def test_unreachable_database_fails_fast_with_a_clear_redacted_error() -> None:
         AuditDatabase(s_).open()
     assert "TopSecretPw" not in str(info.value) and "primary" in str(info.value)
     assert info.value.retryable
+
+
+def test_health_flags_a_database_behind_the_package(empty_database: str) -> None:
+    with AuditDatabase(AuditSettings(database_url=empty_database)) as db:
+        before = db.health()
+        assert not before.healthy and "run migrate" in (before.components["schema"].error or "")
+        db.migrate()
+        after = db.health()
+    assert after.healthy and after.schema_version == after.package_schema_version
+
+
+def test_model_copy_with_update_gets_a_fresh_hash(db: AuditDatabase) -> None:
+    original = ev(details={"a": 1})
+    _ = original.content_hash  # computed and cached
+    changed = original.model_copy(update={"details": {"a": 2}})
+    assert changed.content_hash != original.content_hash
+    db.insert(changed)
+    (back,) = db.query(AuditQuery()).events
+    assert back.details == {"a": 2} and back.hash_matches and back.stored_content_hash == changed.content_hash
+    with pytest.raises(AuditValidationError):
+        original.model_copy(update={"status": "nope"})
+
+
+def test_default_page_size_comes_from_settings(settings: AuditSettings) -> None:
+    with AuditDatabase(settings.with_overrides(query={"default_page_size": 7})) as db:
+        assert db.settings.query.max_page_size == 1000  # the section merged, not replaced
+        db.insert_many([ev() for _ in range(10)])
+        page = db.query(AuditQuery())
+    assert len(page) == 7 and page.limit == 7 and page.next_cursor
+
+
+def test_validation_error_in_a_later_batch_says_what_was_stored(settings: AuditSettings) -> None:
+    with AuditDatabase(settings.with_overrides(ingest={"batch_size": 5})) as db:
+        items: list[Any] = [ev() for _ in range(12)]
+        items[11] = {"action": "x"}
+        with pytest.raises(AuditValidationError) as info:
+            db.insert_many(items)
+        assert "10 events before this batch are stored" in str(info.value)
+        assert db.count(AuditQuery()) == 10
+        with pytest.raises(AuditValidationError) as info:
+            db.insert("not an event")  # type: ignore[arg-type]
+        assert info.value.fields == ["event"]

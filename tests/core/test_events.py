@@ -189,3 +189,11 @@ def test_depth_limit_is_exact() -> None:
 def test_explicit_event_id_is_kept() -> None:
     given_id = uuid.UUID("01890a5d-ac96-774b-bcce-b302099a8057")
     assert AuditEvent(**BASE, event_id=str(given_id)).event_id == given_id
+
+
+def test_pool_timeout_is_a_timeout() -> None:
+    from psycopg_pool import PoolTimeout
+
+    from audit_db_core import AuditTimeoutError, classify
+
+    assert isinstance(classify(PoolTimeout("couldn't get a connection after 1.00 sec")), AuditTimeoutError)
