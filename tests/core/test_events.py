@@ -197,3 +197,12 @@ def test_pool_timeout_is_a_timeout() -> None:
     from audit_db_core import AuditTimeoutError, classify
 
     assert isinstance(classify(PoolTimeout("couldn't get a connection after 1.00 sec")), AuditTimeoutError)
+
+
+def test_details_are_the_events_own_copy() -> None:
+    mine = {"fields": ["allergies"], "n": 1.0}
+    ev = AuditEvent(**BASE, details=mine)
+    before = ev.content_hash
+    mine["fields"].append("meds")  # the caller keeps mutating its dict
+    assert ev.details == {"fields": ["allergies"], "n": 1} and ev.content_hash == before
+    assert json.loads(ev.canonical_bytes())["details"] == ev.details
