@@ -5,6 +5,7 @@
     audit-platform migrate                              apply migrations (settings from AUDIT_* variables)
     audit-platform demo [--events N]                    write sample events
     audit-platform health [--json]                      exit 1 when unhealthy
+    audit-platform partitions plan|list|create|archive|purge|optimize|hold|restore [PERIOD…] [--json] [--dry-run]
 
 ``eval "$(audit-platform local up)"`` exports ``AUDIT_DATABASE_URL``, ``AUDIT_REPLICA_URLS`` and
 ``AUDIT_REDIS_URL`` for the other commands.
@@ -157,6 +158,105 @@ def cmd_dev(args: argparse.Namespace) -> int:
             print("local servers stopped", file=sys.stderr)
 
 
+# -- partitions ----------------------------------------------------------------------------------------------------
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain fixed-width table (the CLI's human-readable output)."""
+    cells = [[("" if r.get(c) is None else str(r.get(c))) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in cells])
+
+
+def _emit(args: argparse.Namespace, data: Any, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    elif rows:
+        print(_table(rows, columns))
+    else:
+        print("(nothing)")
+
+
+def _when(text: str | None) -> Any:
+    import datetime as dt
+
+    if text is None:
+        return None
+    value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ConfigurationError("arguments", [("--now", "must be timezone-aware, e.g. 2026-11-29T00:00:00Z")])
+    return value
+
+
+def cmd_partitions(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from audit_db_core.database import AuditDatabase
+
+    with AuditDatabase(_settings()) as db:
+        pm = db.partitions
+        run_id = args.run_id
+        if args.action == "list":
+            parts = [p.to_dict() for p in pm.list_partitions(args.state)]
+            _emit(args, parts, parts, ["name", "start", "end", "state", "row_count", "bytes", "legal_hold", "archive_uri"])
+        elif args.action == "plan":
+            plan = pm.plan(_when(args.now))
+            actions = [a.to_dict() for a in plan.actions]
+            _emit(args, plan.to_dict(), actions, ["kind", "partition", "start", "end", "rows", "reason"])
+        elif args.action == "create":
+            results = [pm.create_partition(p, run_id=run_id) for p in args.period] if args.period else \
+                pm.premake(args.premake, run_id=run_id)
+            rows = [{"name": r.name, "created": r.created, "rescued_rows": r.rescued_rows,
+                     "duration_ms": r.duration_ms} for r in results]
+            _emit(args, rows, rows, ["name", "created", "rescued_rows", "duration_ms"])
+        elif args.action == "archive":
+            periods = args.period or [a.start for a in pm.plan(_when(args.now)).of("archive")]
+            rows = []
+            for period in periods:
+                rows.append(asdict(_archive_with_progress(pm, period, args, run_id)))
+            _emit(args, rows, rows, ["partition", "status", "rows", "files", "archive_bytes", "duration_ms", "archive_uri"])
+        elif args.action == "purge":
+            report = pm.purge(_when(args.now), dry_run=args.dry_run, run_id=run_id)
+            decisions = [d.to_dict() for d in report.decisions]
+            _emit(args, report.to_dict(), decisions, ["partition", "action", "retained_until", "rows", "reason"])
+            if not args.json:
+                verb = "would purge" if args.dry_run else "purged"
+                print(f"{verb} {len(report.of('purge'))} partitions; "
+                      f"{'would delete' if args.dry_run else 'deleted'} {len(report.of('delete_archive'))} archives")
+        elif args.action == "optimize":
+            report = pm.optimize(run_id=run_id)
+            steps = [asdict(s) for s in report.steps]
+            _emit(args, report.to_dict(), steps, ["partition", "action", "target", "duration_ms", "detail"])
+            if not args.json:
+                print(f"bloat check: {report.bloat_check}")
+        elif args.action == "hold":
+            if not args.period or len(args.period) != 1 or not args.reason:
+                raise ConfigurationError("arguments", [("hold", "give exactly one PERIOD and --reason")])
+            info = (pm.release if args.release else pm.hold)(args.period[0], args.reason, run_id=run_id)
+            _emit(args, info.to_dict(), [info.to_dict()], ["name", "state", "legal_hold", "legal_hold_reason"])
+        elif args.action == "restore":
+            if not args.period or len(args.period) != 1:
+                raise ConfigurationError("arguments", [("restore", "give exactly one PERIOD")])
+            result = pm.restore(args.period[0], table=args.table, run_id=run_id)
+            _emit(args, asdict(result), [asdict(result)], ["partition", "table", "rows", "status"])
+    return 0
+
+
+def _archive_with_progress(pm: Any, period: Any, args: argparse.Namespace, run_id: str | None) -> Any:
+    from tqdm import tqdm
+
+    with tqdm(desc=f"archiving {period}", unit=" rows", disable=args.json or not sys.stderr.isatty(),
+              file=sys.stderr) as bar:
+        def progress(done: int) -> None:
+            bar.update(done - bar.n)
+
+        return pm.archive(period, now=_when(args.now), run_id=run_id, progress=progress)
+
+
 # -- entry point ---------------------------------------------------------------------------------------------------
 
 
@@ -187,6 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--events", type=int, default=1000)
     demo.add_argument("--seed", type=int, default=1)
     demo.set_defaults(func=cmd_demo)
+
+    parts = sub.add_parser("partitions", help="partition lifecycle: plan, list, create, archive, purge, …")
+    parts.add_argument("action", choices=["plan", "list", "create", "archive", "purge", "optimize", "hold", "restore"])
+    parts.add_argument("period", nargs="*", help="period key(s): 2026-11, 2026-Q4, 2026, 2026-11-23 or a partition name")
+    parts.add_argument("--json", action="store_true", help="JSON output for scripts")
+    parts.add_argument("--dry-run", action="store_true", help="purge: only list what would go and why")
+    parts.add_argument("--now", help="plan/archive/purge as of this time (ISO 8601, with zone)")
+    parts.add_argument("--state", choices=["active", "archived", "purged"], help="list: only this state")
+    parts.add_argument("--premake", type=int, default=None, help="create without PERIOD: this and N next periods")
+    parts.add_argument("--reason", help="hold: the legal hold's reason (case, requester)")
+    parts.add_argument("--release", action="store_true", help="hold: release the hold instead")
+    parts.add_argument("--table", help="restore: target table (default audit_restore_<partition>)")
+    parts.add_argument("--run-id", help="recorded with each ledger entry (e.g. an orchestrator's run id)")
+    parts.set_defaults(func=cmd_partitions)
 
     health = sub.add_parser("health", help="health report; exit code 1 when unhealthy")
     health.add_argument("--json", action="store_true")

@@ -149,6 +149,40 @@ class PartitionSettings(_Section):
         return value
 
 
+class ArchiveSettings(_Section):
+    """Where and how partitions past the active window are exported (Parquet, zstd) before they may be purged."""
+
+    root_uri: str | None = Field(
+        default=None, description="file:///var/lib/audit-archive, s3://bucket/prefix, … (unset: archival disabled)"
+    )
+    mode: Literal["read_only", "detach"] = Field(
+        default="read_only", description="after a verified archive: keep the partition read-only, or detach it"
+    )
+    rows_per_file: int = Field(default=1_000_000, ge=1_000, le=100_000_000)
+    batch_rows: int = Field(default=50_000, ge=100, le=1_000_000, description="rows per fetch and row group")
+
+    @field_validator("root_uri", mode="before")
+    @classmethod
+    def _root(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip() or None
+        if isinstance(value, str) and not (value.startswith("/") or re.match(r"^[a-z][a-z0-9+.-]*://", value)):
+            raise ValueError("must be an absolute path or a URI such as file:///path or s3://bucket/prefix")
+        return value
+
+
+class MaintenanceSettings(_Section):
+    """Index and statistics maintenance (``PartitionManager.optimize``)."""
+
+    analyze_change_ratio: float = Field(
+        default=0.1, gt=0, le=1, description="ANALYZE a partition when this share of its rows changed since"
+    )
+    reindex_min_bytes: int = Field(default=8 * 1024 * 1024, ge=0, description="smaller indexes are never rebuilt")
+    reindex_max_leaf_density: float = Field(
+        default=50.0, gt=0, le=100, description="rebuild B-tree indexes whose leaf density (pgstattuple) is below"
+    )
+
+
 class RetentionSettings(_Section):
     """How long audit rows are kept. HIPAA asks for six years of documentation; seven is the default."""
 
@@ -264,6 +298,8 @@ class AuditSettings(BaseSettings):
     pool: PoolSettings = PoolSettings()
     partitions: PartitionSettings = PartitionSettings()
     retention: RetentionSettings = RetentionSettings()
+    archive: ArchiveSettings = ArchiveSettings()
+    maintenance: MaintenanceSettings = MaintenanceSettings()
     cache: CacheSettings = CacheSettings()
     breakers: BreakersSettings = BreakersSettings()
     ingest: IngestSettings = IngestSettings()

@@ -134,6 +134,24 @@ class ConnectionManager:
                 raise classify(exc, operation=operation) from exc
             raise
 
+    @contextmanager
+    def dedicated_connection(
+        self, *, operation: str = "lifecycle", autocommit: bool = False
+    ) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of its own, outside the pool and without a statement timeout, for long lifecycle work
+        (archive exports, REINDEX CONCURRENTLY) whose session settings must not leak into pooled connections."""
+        kwargs = connect_kwargs(self.settings)
+        kwargs["options"] = "-c statement_timeout=0"
+        try:
+            conn = psycopg.connect(self.settings.database_url.get_secret_value(), autocommit=autocommit, **kwargs)
+        except psycopg.Error as exc:
+            raise classify(exc, operation=operation) from None
+        try:
+            with conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise classify(exc, operation=operation) from exc
+
     def health_check(self) -> dict[str, Any]:
         """Reach the primary: ``{"reachable", "latency_ms", "server_version", "in_recovery", "error"}``."""
         started = time.perf_counter()

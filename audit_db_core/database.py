@@ -78,9 +78,26 @@ def _as_event(item: Any, index: int | None) -> AuditEvent:
 # -- operations on one connection (shared by AuditDatabase and AuditTransaction) ----------------------------------
 
 
+_REROUTE_ATTEMPTS = 3
+
+
+def _rerouted(exc: psycopg.Error) -> bool:
+    """A row routed to DEFAULT while a partition for its range was being attached in another transaction: the
+    constraint check after the wait fails, and the same statement, planned again, lands in the new partition."""
+    return isinstance(exc, psycopg.errors.CheckViolation) and "partition constraint" in str(exc)
+
+
 def _insert_one(conn: psycopg.Connection[Any], event: AuditEvent) -> bool:
-    cur = conn.execute(_INSERT_ONE, _as_event(event, None).row())
-    return cur.rowcount == 1
+    row = _as_event(event, None).row()
+    for attempt in range(_REROUTE_ATTEMPTS):
+        try:
+            with conn.transaction():  # a savepoint inside a caller's transaction
+                cur = conn.execute(_INSERT_ONE, row)
+            return cur.rowcount == 1
+        except psycopg.Error as exc:
+            if not _rerouted(exc) or attempt == _REROUTE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _copy_batch(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> int:
@@ -88,25 +105,32 @@ def _copy_batch(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> i
 
     The fast path COPYs straight into ``audit_log`` inside a savepoint. Only when that meets a duplicate (a
     retried batch) does it fall back to COPY into a temporary stage plus ``INSERT … ON CONFLICT DO NOTHING``.
+    Either is repeated when a concurrent partition creation re-routed some of its rows.
     """
-    try:
-        with conn.transaction(), conn.cursor() as cur:
-            with cur.copy(_COPY_INTO_LOG) as copy:
-                for row in rows:
-                    copy.write_row(row)
-        return len(rows)
-    except psycopg.errors.UniqueViolation:
-        pass
-    with conn.cursor() as cur:
-        cur.execute(_CREATE_STAGE)
-        cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
-        with cur.copy(_COPY_INTO_STAGE) as copy:
-            for row in rows:
-                copy.write_row(row)
-        cur.execute(_MERGE_STAGE)
-        written = cur.rowcount
-        cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
-    return written
+    for attempt in range(_REROUTE_ATTEMPTS):
+        try:
+            try:
+                with conn.transaction(), conn.cursor() as cur:
+                    with cur.copy(_COPY_INTO_LOG) as copy:
+                        for row in rows:
+                            copy.write_row(row)
+                return len(rows)
+            except psycopg.errors.UniqueViolation:
+                pass
+            with conn.transaction(), conn.cursor() as cur:
+                cur.execute(_CREATE_STAGE)
+                cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
+                with cur.copy(_COPY_INTO_STAGE) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(_MERGE_STAGE)
+                written = cur.rowcount
+                cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
+            return written
+        except psycopg.Error as exc:
+            if not _rerouted(exc) or attempt == _REROUTE_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_size: int, *, commit_each: bool) -> int:

@@ -36,6 +36,7 @@ class ErrorCategory(str, enum.Enum):
     COMPLIANCE = "compliance"
     DATABASE = "database"
     LOCAL_SERVER = "local_server"
+    ARCHIVE = "archive"
 
 
 class Severity(str, enum.Enum):
@@ -186,6 +187,13 @@ class PartitionError(AuditError):
     """A partition could not be created, found or changed."""
 
     category = ErrorCategory.PARTITION
+    severity = Severity.HIGH
+
+
+class ArchiveError(AuditError):
+    """A partition archive could not be written, read, verified or restored."""
+
+    category = ErrorCategory.ARCHIVE
     severity = Severity.HIGH
 
 

@@ -1,17 +1,21 @@
-"""Partition bounds and names (UTC), premake, concurrent creation, registry lookups."""
+"""Partition lifecycle against real PostgreSQL: bounds, creation with rescue, concurrency, plan, holds, optimize."""
 
 from __future__ import annotations
 
 import datetime as dt
 import threading
+import time
 
 import psycopg
 import pytest
 
-from audit_db_core import AuditDatabase, AuditEvent, PartitionError, Period
-from audit_db_core.partitions import bounds_for
+from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, ComplianceError, PartitionError, Period
+from audit_db_core.demo import demo_events
+from audit_db_core.ledger import entries
+from audit_db_core.partitions import bounds_for, resolve_period
 
 UTC = dt.UTC
+MONTH = Period(months=1)
 
 
 @pytest.mark.parametrize(
@@ -35,26 +39,45 @@ def test_bounds_and_names(interval: Period, ts: dt.datetime, name: str, start: t
 def test_bounds_are_utc_whatever_the_callers_zone() -> None:
     # 23:30 on Nov 30 at UTC-2 is Dec 1 in UTC: the December partition.
     local = dt.datetime(2026, 11, 30, 23, 30, tzinfo=dt.timezone(dt.timedelta(hours=-2)))
-    assert bounds_for(local, Period(months=1)).name == "audit_log_p2026_12"
+    assert bounds_for(local, MONTH).name == "audit_log_p2026_12"
     with pytest.raises(PartitionError):
-        bounds_for(dt.datetime(2026, 1, 1), Period(months=1))
+        bounds_for(dt.datetime(2026, 1, 1), MONTH)
+
+
+@pytest.mark.parametrize(
+    "period,interval,name",
+    [("2026-11", MONTH, "audit_log_p2026_11"), ("2026-Q4", Period(months=3), "audit_log_p2026_q4"),
+     ("2026", Period(months=12), "audit_log_p2026"), ("2026-11-23", Period(days=7), "audit_log_p2026_11_23"),
+     ("audit_log_p2026_11", MONTH, "audit_log_p2026_11"), (dt.date(2026, 11, 1), MONTH, "audit_log_p2026_11"),
+     (dt.datetime(2026, 11, 1, tzinfo=UTC), MONTH, "audit_log_p2026_11")],
+)
+def test_periods_by_key(period: object, interval: Period, name: str) -> None:
+    assert resolve_period(period, interval).name == name
+
+
+@pytest.mark.parametrize(
+    "period,interval,message",
+    [(dt.datetime(2026, 11, 15, tzinfo=UTC), MONTH, "not aligned"), ("2026-11-24", Period(days=7), "not aligned"),
+     ("2026-11", Period(months=3), "not aligned"), ("November", MONTH, "not a period key"),
+     ("2026-13", MONTH, "month must be in 1..12"), (42, MONTH, "not int")],
+)
+def test_bad_periods_are_refused_clearly(period: object, interval: Period, message: str) -> None:
+    with pytest.raises(PartitionError, match=message):
+        resolve_period(period, interval)
 
 
 def test_premake_is_idempotent_and_registered(db: AuditDatabase, fresh_database: str) -> None:
     base = dt.datetime(2030, 1, 15, tzinfo=UTC)
     made = db.partitions.premake(4, now=base, run_id="run-1")
     assert [p.name for p in made] == [f"audit_log_p2030_{m:02d}" for m in range(1, 6)]
+    assert all(p.created for p in made)
     again = db.partitions.premake(4, now=base)
-    assert [p.name for p in again] == [p.name for p in made]
+    assert [p.name for p in again] == [p.name for p in made] and not any(p.created for p in again)
     with psycopg.connect(fresh_database) as conn:
-        (ledger,) = conn.execute(
-            "SELECT count(*) FROM audit_lifecycle_ledger WHERE operation = 'create' AND run_id = 'run-1'"
-        ).fetchone()  # type: ignore[misc]
-        (indexes,) = conn.execute(
-            "SELECT count(*) FROM pg_indexes WHERE tablename = 'audit_log_p2030_03'"
-        ).fetchone()  # type: ignore[misc]
+        created = entries(conn, operation="create")
+        (indexes,) = conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'audit_log_p2030_03'").fetchone()  # type: ignore[misc]
         (parent_indexes,) = conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'audit_log'").fetchone()  # type: ignore[misc]
-    assert ledger == 5
+    assert len([e for e in created if e.run_id == "run-1"]) == 5
     assert indexes == parent_indexes  # every index of the parent exists on the new partition
     found = db.partitions.find_partition(dt.datetime(2030, 3, 31, 23, 59, 59, tzinfo=UTC))
     assert found is not None and found.name == "audit_log_p2030_03" and found.state == "active"
@@ -62,7 +85,6 @@ def test_premake_is_idempotent_and_registered(db: AuditDatabase, fresh_database:
 
 
 def test_sixteen_concurrent_creators_make_one_partition(db: AuditDatabase, fresh_database: str) -> None:
-    target = dt.datetime(2031, 6, 10, tzinfo=UTC)
     errors: list[BaseException] = []
     names: list[str] = []
     barrier = threading.Barrier(16)
@@ -70,7 +92,7 @@ def test_sixteen_concurrent_creators_make_one_partition(db: AuditDatabase, fresh
     def create() -> None:
         try:
             barrier.wait()
-            names.append(db.partitions.create_partition(target).name)
+            names.append(db.partitions.create_partition("2031-06").name)
         except BaseException as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
 
@@ -83,17 +105,148 @@ def test_sixteen_concurrent_creators_make_one_partition(db: AuditDatabase, fresh
     assert names == ["audit_log_p2031_06"] * 16
     with psycopg.connect(fresh_database) as conn:
         (registered,) = conn.execute(
-            "SELECT count(*) FROM audit_partitions WHERE partition_name = 'audit_log_p2031_06'"
-        ).fetchone()  # type: ignore[misc]
-        (created,) = conn.execute(
-            "SELECT count(*) FROM audit_lifecycle_ledger WHERE partition_name = 'audit_log_p2031_06'"
-        ).fetchone()  # type: ignore[misc]
-    assert registered == 1 and created == 1
+            "SELECT count(*) FROM audit_partitions WHERE partition_name = 'audit_log_p2031_06'").fetchone()  # type: ignore[misc]
+        creates = entries(conn, partition="audit_log_p2031_06", operation="create")
+    assert registered == 1 and len(creates) == 1
 
 
-def test_creation_over_default_rows_is_refused_clearly(db: AuditDatabase) -> None:
-    stray = AuditEvent(action="a", status="success", principal_id="u", event_time=dt.datetime(2035, 2, 2, tzinfo=UTC))
-    db.insert(stray)
-    with pytest.raises(PartitionError, match="DEFAULT partition holds 1 rows"):
-        db.partitions.create_partition(stray.event_time)
-    assert db.partitions.default_row_count() == 1
+def _tables_of(url: str, principal: str) -> dict[str, int]:
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT tableoid::regclass::text, count(*) FROM audit_log WHERE principal_id = %s GROUP BY 1", (principal,)
+        ).fetchall()
+    return dict(rows)
+
+
+def test_creating_a_partition_rescues_default_rows(db: AuditDatabase, fresh_database: str) -> None:
+    events = demo_events(500, now=dt.datetime(2035, 3, 1, tzinfo=UTC), span=dt.timedelta(days=59))  # Jan + Feb 2035
+    events = [e.model_copy(update={"principal_id": "stray"}) for e in events]
+    db.insert_many(events)
+    assert _tables_of(fresh_database, "stray") == {"audit_log_default": 500}
+    hashes_before = {e.event_id: e.content_hash for e in db.query(AuditQuery(principal_id="stray", limit=1000))}
+
+    result = db.partitions.create_partition("2035-02")
+    feb = sum(1 for e in events if e.event_time.month == 2)
+    assert result.created and result.rescued_rows == feb
+    assert _tables_of(fresh_database, "stray") == {"audit_log_default": 500 - feb, "audit_log_p2035_02": feb}
+
+    plan = db.partitions.plan()
+    assert [a.partition for a in plan.of("rescue")] == ["audit_log_p2035_01"]
+    rescued = db.partitions.rescue_default(run_id="r")
+    assert [r.name for r in rescued] == ["audit_log_p2035_01"]
+    assert db.partitions.default_row_count() == 0
+    after = {e.event_id: e.stored_content_hash for e in db.query(AuditQuery(principal_id="stray", limit=1000))}
+    assert after == hashes_before  # nothing lost, nothing duplicated, nothing altered
+    with psycopg.connect(fresh_database) as conn:
+        rescues = entries(conn, operation="rescue")
+        # The rescued partition is as protected as any other.
+        with pytest.raises(psycopg.errors.RaiseException):
+            conn.execute("TRUNCATE audit_log_p2035_02")
+        conn.rollback()
+        # The append-only trigger on DEFAULT, disabled inside the rescue transaction, is enabled again.
+        states = conn.execute(
+            "SELECT tgenabled FROM pg_trigger WHERE tgrelid = 'audit_log_default'::regclass AND NOT tgisinternal"
+        ).fetchall()
+        assert states and all(s == ("O",) for s in states)
+    assert sorted(e.row_count or 0 for e in rescues) == sorted([feb, 500 - feb])
+
+
+def test_rescue_while_writers_keep_writing(db: AuditDatabase, fresh_database: str) -> None:
+    """Writers into DEFAULT and into other partitions during the rescue: every acknowledged row is kept once."""
+    old = demo_events(3000, now=dt.datetime(2036, 2, 1, tzinfo=UTC), span=dt.timedelta(days=30))
+    db.insert_many(old)
+    stop = threading.Event()
+    written: list[AuditEvent] = []
+    errors: list[BaseException] = []
+
+    def writer(base: dt.datetime) -> None:
+        i = 0
+        while not stop.is_set():
+            e = AuditEvent(action="w", status="success", principal_id="writer", event_time=base + dt.timedelta(seconds=i))
+            try:
+                db.insert(e)
+                written.append(e)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+            i += 1
+
+    threads = [threading.Thread(target=writer, args=(dt.datetime(2036, 1, 10, tzinfo=UTC),)),
+               threading.Thread(target=writer, args=(dt.datetime.now(UTC) - dt.timedelta(hours=1),))]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    result = db.partitions.create_partition("2036-01")
+    time.sleep(0.3)
+    stop.set()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert result.rescued_rows >= 3000
+    ids = {e.event_id for e in written} | {e.event_id for e in old}
+    with psycopg.connect(fresh_database) as conn:
+        stored = [r[0] for r in conn.execute("SELECT event_id FROM audit_log").fetchall()]
+        (in_default,) = conn.execute("SELECT count(*) FROM audit_log_default").fetchone()  # type: ignore[misc]
+    assert len(stored) == len(set(stored)) == len(ids) and set(stored) == ids
+    assert in_default == 0
+
+
+def test_hold_and_release_are_ledgered(db: AuditDatabase, fresh_database: str) -> None:
+    db.partitions.create_partition("2032-01")
+    with pytest.raises(PartitionError, match="reason"):
+        db.partitions.hold("2032-01", "  ")
+    held = db.partitions.hold("2032-01", "case 2026-117 (subpoena)", run_id="h1")
+    assert held.legal_hold and held.legal_hold_reason == "case 2026-117 (subpoena)"
+    released = db.partitions.release("2032-01", "case closed")
+    assert not released.legal_hold
+    with pytest.raises(PartitionError, match="no partition"):
+        db.partitions.hold("2099-01", "x")
+    with psycopg.connect(fresh_database) as conn:
+        ops = [(e.operation, e.details.get("reason")) for e in entries(conn, partition="audit_log_p2032_01")]
+    assert ops[-2:] == [("hold", "case 2026-117 (subpoena)"), ("release", "case closed")]
+
+
+def test_guarded_detach_and_drop_refuse_active_partitions(db: AuditDatabase) -> None:
+    db.partitions.create_partition("2033-01")
+    with pytest.raises(ComplianceError, match="only an archived partition"):
+        db.partitions.detach_partition("2033-01")
+    with pytest.raises(ComplianceError, match="may not be dropped"):
+        db.partitions.drop_partition("2033-01")
+    assert db.partitions.get("2033-01").state == "active"
+
+
+def test_plan_lists_creation_and_archival(db: AuditDatabase) -> None:
+    now = dt.datetime(2027, 6, 15, tzinfo=UTC)
+    db.partitions.create_partition("2027-01")
+    plan = db.partitions.plan(now)
+    creates = [a.partition for a in plan.of("create")]
+    assert creates[0] == "audit_log_p2027_06" and len(creates) == db.settings.partitions.premake + 1
+    assert "audit_log_p2027_01" in [a.partition for a in plan.of("archive")]  # ended > 90 days before now
+    assert plan.to_dict()["actions"]
+
+
+def test_optimize_analyzes_summarizes_and_rebuilds_bloated_indexes(db: AuditDatabase, fresh_database: str) -> None:
+    part = db.partitions.find_partition(dt.datetime.now(UTC))
+    assert part is not None
+    with psycopg.connect(fresh_database, autocommit=True) as conn:  # so that autovacuum cannot analyze it first
+        conn.execute(psycopg.sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(
+            psycopg.sql.Identifier(part.name)))
+    db.insert_many(demo_events(4000, now=part.start + dt.timedelta(hours=2), span=dt.timedelta(hours=1)))
+    first = db.partitions.optimize(run_id="opt-1")
+    kinds = {(s.partition, s.action) for s in first.steps}
+    assert (part.name, "analyze") in kinds and (part.name, "brin_summarize") in kinds
+    assert "unavailable" in first.bloat_check  # pgstattuple not installed: said, not hidden
+    refreshed = db.partitions.get(part.start)
+    assert refreshed.row_count and refreshed.row_count >= 3000 and refreshed.bytes
+
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+    tuned = db.settings.with_overrides(maintenance={"reindex_min_bytes": 0, "reindex_max_leaf_density": 100.0})
+    with AuditDatabase(tuned) as db2:
+        second = db2.partitions.optimize()
+    assert second.bloat_check == "pgstattuple"
+    assert any(s.action == "reindex" and s.partition == part.name for s in second.steps)
+    with psycopg.connect(fresh_database) as conn:
+        optimized = entries(conn, partition=part.name, operation="optimize")
+        (invalid,) = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()  # type: ignore[misc]
+    assert len(optimized) == 2 and invalid == 0
+    assert db.count(AuditQuery()) == 4000  # maintenance changes no data
