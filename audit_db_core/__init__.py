@@ -9,6 +9,7 @@ from audit_db_core.config import AuditSettings, Period
 from audit_db_core.connections import ConnectionManager
 from audit_db_core.database import AuditDatabase, AuditTransaction
 from audit_db_core.errors import (
+    ArchiveError,
     AuditConnectionError,
     AuditError,
     AuditTimeoutError,
@@ -31,6 +32,7 @@ from audit_db_core.partitions import PartitionInfo, PartitionManager
 from audit_db_core.query import AuditQuery, QueryPage
 
 __all__ = [
+    "ArchiveError",
     "AuditConnectionError",
     "AuditDatabase",
     "AuditError",

@@ -5,7 +5,8 @@
     audit-platform migrate                              apply migrations (settings from AUDIT_* variables)
     audit-platform demo [--events N]                    write sample events
     audit-platform health [--json]                      exit 1 when unhealthy
-    audit-platform partitions plan|list|create|archive|purge|optimize|hold|restore [PERIOD…] [--json] [--dry-run]
+    audit-platform partitions plan|list|create|rescue|archive|purge|optimize|hold|restore [PERIOD…] [--json]
+                                                        (purge is a dry run unless --execute)
 
 ``eval "$(audit-platform local up)"`` exports ``AUDIT_DATABASE_URL``, ``AUDIT_REPLICA_URLS`` and
 ``AUDIT_REDIS_URL`` for the other commands.
@@ -220,13 +221,21 @@ def cmd_partitions(args: argparse.Namespace) -> int:
                 rows.append(asdict(_archive_with_progress(pm, period, args, run_id)))
             _emit(args, rows, rows, ["partition", "status", "rows", "files", "archive_bytes", "duration_ms", "archive_uri"])
         elif args.action == "purge":
-            report = pm.purge(_when(args.now), dry_run=args.dry_run, run_id=run_id)
+            if args.dry_run and args.execute:
+                raise ConfigurationError("arguments", [("purge", "give --dry-run or --execute, not both")])
+            dry_run = not args.execute  # destroying data takes an explicit --execute
+            report = pm.purge(_when(args.now), dry_run=dry_run, run_id=run_id)
             decisions = [d.to_dict() for d in report.decisions]
             _emit(args, report.to_dict(), decisions, ["partition", "action", "retained_until", "rows", "reason"])
             if not args.json:
-                verb = "would purge" if args.dry_run else "purged"
+                verb = "would purge" if dry_run else "purged"
                 print(f"{verb} {len(report.of('purge'))} partitions; "
-                      f"{'would delete' if args.dry_run else 'deleted'} {len(report.of('delete_archive'))} archives")
+                      f"{'would delete' if dry_run else 'deleted'} {len(report.of('delete_archive'))} archives"
+                      + ("  (dry run: add --execute to purge)" if dry_run else ""))
+        elif args.action == "rescue":
+            results = pm.rescue_default(run_id=run_id)
+            rows = [{"name": r.name, "created": r.created, "rescued_rows": r.rescued_rows} for r in results]
+            _emit(args, rows, rows, ["name", "created", "rescued_rows"])
         elif args.action == "optimize":
             report = pm.optimize(run_id=run_id)
             steps = [asdict(s) for s in report.steps]
@@ -289,10 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     parts = sub.add_parser("partitions", help="partition lifecycle: plan, list, create, archive, purge, …")
-    parts.add_argument("action", choices=["plan", "list", "create", "archive", "purge", "optimize", "hold", "restore"])
+    parts.add_argument(
+        "action", choices=["plan", "list", "create", "rescue", "archive", "purge", "optimize", "hold", "restore"]
+    )
     parts.add_argument("period", nargs="*", help="period key(s): 2026-11, 2026-Q4, 2026, 2026-11-23 or a partition name")
     parts.add_argument("--json", action="store_true", help="JSON output for scripts")
-    parts.add_argument("--dry-run", action="store_true", help="purge: only list what would go and why")
+    parts.add_argument("--dry-run", action="store_true", help="purge: only list what would go and why (the default)")
+    parts.add_argument("--execute", action="store_true", help="purge: really drop partitions and delete archives")
     parts.add_argument("--now", help="plan/archive/purge as of this time (ISO 8601, with zone)")
     parts.add_argument("--state", choices=["active", "archived", "purged"], help="list: only this state")
     parts.add_argument("--premake", type=int, default=None, help="create without PERIOD: this and N next periods")

@@ -241,7 +241,11 @@ def classify(exc: BaseException, *, operation: str | None = None, **context: Any
     """
     if isinstance(exc, AuditError):
         return exc
-    message = str(exc).strip() or type(exc).__name__
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    hint = getattr(diag, "message_hint", None) if diag is not None else None
+    # The server's primary message (and hint), not the CONTEXT/DETAIL lines, which may carry row values.
+    message = (f"{primary} (hint: {hint})" if hint else primary) if primary else (str(exc).strip() or type(exc).__name__)
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate:
         context.setdefault("sqlstate", sqlstate)
@@ -250,7 +254,7 @@ def classify(exc: BaseException, *, operation: str | None = None, **context: Any
         err = AuditTimeoutError(f"no database connection available in time: {message}", operation=operation, **context)
     elif isinstance(exc, psycopg.errors.QueryCanceled):
         err = AuditTimeoutError(f"statement timed out: {message}", operation=operation, **context)
-    elif isinstance(exc, psycopg.errors.RaiseException) and "append-only" in message:
+    elif isinstance(exc, psycopg.errors.RaiseException) and ("append-only" in message or "read-only" in message):
         err = ComplianceError(message, operation=operation, **context)
     elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
         err = ComplianceError(f"not permitted: {message}", operation=operation, **context)

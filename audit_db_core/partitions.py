@@ -297,6 +297,19 @@ def _info(row: dict[str, Any]) -> PartitionInfo:
     )
 
 
+def _not_future(now: dt.datetime | None, operation: str) -> dt.datetime:
+    """``now`` for an operation that changes data: it may be earlier than the clock, never later (a future
+    ``now`` would let retention or the active window pass early). Dry runs and plans may look ahead."""
+    real = dt.datetime.now(dt.UTC)
+    if now is None:
+        return real
+    now = _utc(now)
+    if now > real + dt.timedelta(minutes=5):
+        raise PartitionError(f"now={now:%Y-%m-%d %H:%M} UTC is in the future; {operation} only looks ahead as a "
+                             "dry run", operation=operation)
+    return now
+
+
 def _elapsed_ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
 
@@ -550,53 +563,59 @@ class PartitionManager:
         """Export the partition of ``period`` to Parquet, verify it against the database, then make the partition
         read-only (or detach it) and mark it ``archived`` — in that order, so the registry never claims an
         archive that is not there. Re-running on an archived period is a no-op."""
+        b = resolve_period(period, self.interval)
+        try:
+            return self._archive(b, now, run_id, progress)
+        except AuditError as exc:
+            self._record_failure("archive", b.name, exc, run_id)
+            raise
+
+    def _archive(
+        self, b: PartitionBounds, now: dt.datetime | None, run_id: str | None,
+        progress: Callable[[int], None] | None,
+    ) -> ArchiveResult:
         from audit_db_core.archive import table_digest
 
-        b = resolve_period(period, self.interval)
         info = self.get(b)
-        store = self.archive_store()
         if info.state != "active":
-            return self._already_archived(info, store)
-        cutoff = self.archive_cutoff(now)
+            return self._already_archived(info)
+        cutoff = self.archive_cutoff(_not_future(now, "archive"))
         if info.end > cutoff:
             raise PartitionError(
                 f"{b.name} is still inside the active window ({self.settings.partitions.active_window}); it can be "
                 f"archived once it ends before {cutoff:%Y-%m-%d %H:%M} UTC",
                 operation="archive", partition=b.name,
             )
+        store = self.archive_store()
         store.check_writable()
         started = time.perf_counter()
-        try:
-            # autocommit, with an explicit BEGIN: the isolation level must be set by the transaction's first statement
-            with self._connections.dedicated_connection(operation="archive", autocommit=True) as conn:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-                try:
-                    conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(b.name)))
-                    if self._registered(conn, b.name, lock=True).state != "active":  # type: ignore[union-attr]
-                        conn.execute("ROLLBACK")
-                        return self._already_archived(self.get(b), store)
-                    rows, _first, _last, digest = table_digest(conn, b.name)
-                    manifest = store.read_manifest(b.name)
-                    if manifest is not None and (manifest.row_count, manifest.content_digest) != (rows, digest):
-                        store.delete(b.name)  # left by an earlier run over other data: not this partition's archive
-                        manifest = None
-                    if manifest is None:
-                        manifest = store.export(conn, b.name, partition=b.name, range_start=b.start,
-                                                range_end=b.end, progress=progress)
-                    check = store.verify(manifest, expected_rows=rows, expected_digest=digest)
-                    if not check.ok:
-                        raise ArchiveError(f"archive of {b.name} failed verification: {'; '.join(check.problems)}",
-                                           operation="archive", partition=b.name)
-                    size = self._finish_archive(conn, b, manifest, store, rows, digest, started, run_id)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    if not conn.closed and not conn.broken:
-                        conn.execute("ROLLBACK")
-                    raise
-            detached = self._detach_if_configured(b, run_id)
-        except AuditError as exc:
-            self._record_failure("archive", b.name, exc, run_id)
-            raise
+        # autocommit, with an explicit BEGIN: the isolation level must be set by the transaction's first statement
+        with self._connections.dedicated_connection(operation="archive", autocommit=True) as conn:
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            try:
+                conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(sql.Identifier(b.name)))
+                if self._registered(conn, b.name, lock=True).state != "active":  # type: ignore[union-attr]
+                    conn.execute("ROLLBACK")
+                    return self._already_archived(self.get(b))
+                rows, _first, _last, digest = table_digest(conn, b.name)
+                manifest = store.read_manifest(b.name)
+                if manifest is not None and (manifest.row_count, manifest.content_digest) != (rows, digest):
+                    store.delete(b.name)  # left by an earlier run over other data: not this partition's archive
+                    manifest = None
+                if manifest is None:
+                    manifest = store.export(conn, b.name, partition=b.name, range_start=b.start,
+                                            range_end=b.end, progress=progress)
+                check = store.verify(manifest, expected_rows=rows, expected_digest=digest)
+                if not check.ok:
+                    raise ArchiveError(f"archive of {b.name} failed verification: {'; '.join(check.problems)}",
+                                       operation="archive", partition=b.name)
+                size = self._finish_archive(conn, b, manifest, store, rows, digest, started, run_id)
+                conn.execute("COMMIT")
+            except BaseException:
+                if not conn.closed and not conn.broken:
+                    conn.execute("ROLLBACK")
+                raise
+        detached = self._detach_if_configured(b, run_id)
         ms = _elapsed_ms(started)
         logger.info("partition archived", extra={"audit": {"partition": b.name, "rows": rows, "ms": ms}})
         return ArchiveResult(
@@ -628,7 +647,7 @@ class PartitionManager:
                                "files": len(manifest.files), "archive_bytes": sum(f.bytes for f in manifest.files)})
         return int(size)
 
-    def _already_archived(self, info: PartitionInfo, store: ArchiveStore) -> ArchiveResult:
+    def _already_archived(self, info: PartitionInfo) -> ArchiveResult:
         if info.state == "archived":
             self._detach_if_configured(resolve_period(info.start, self.interval), None)
         return ArchiveResult(
@@ -737,7 +756,7 @@ class PartitionManager:
     def purge(self, now: dt.datetime | None = None, *, dry_run: bool = True, run_id: str | None = None) -> PurgeReport:
         """Drop partitions past retention whose archive verifies and that are not on hold; then delete archives
         past the archive retention. ``dry_run`` (the default) only reports what would go and why."""
-        now = _utc(now or dt.datetime.now(dt.UTC))
+        now = _utc(now or dt.datetime.now(dt.UTC)) if dry_run else _not_future(now, "purge")
         check_against_active_window(self.settings.retention, self.settings.partitions.active_window)
         report = PurgeReport(now=now, dry_run=dry_run, decisions=self._purge_decisions(now, verify=True))
         if dry_run:
@@ -753,7 +772,8 @@ class PartitionManager:
     def _purge_decisions(self, now: dt.datetime, *, verify: bool) -> list[PurgeDecision]:
         decisions = []
         cutoff = self.archive_cutoff(now)
-        store = self.archive_store() if verify and self.settings.archive.root_uri else None
+        # A purge never drops a partition without reading its archive back: no archive root, no purge.
+        store = self.archive_store() if verify else None
         for p in self.list_partitions():
             def decide(action: str, reason: str, until: dt.datetime | None = None, p: PartitionInfo = p) -> None:
                 decisions.append(PurgeDecision(p.name, action, reason, p.start, p.end, until, p.row_count))
@@ -783,6 +803,9 @@ class PartitionManager:
                 problem = self._archive_problem(p, store) if store is not None else None
                 if problem:
                     decide("keep", f"archive does not verify: {problem}", until)
+                elif store is None:
+                    decide("purge", f"retention passed on {until:%Y-%m-%d}; the archive is verified at purge time",
+                           until)
                 else:
                     decide("purge", f"retention passed on {until:%Y-%m-%d}; archive verified", until)
         return decisions
@@ -801,7 +824,10 @@ class PartitionManager:
         """Drop one partition — only when it is archived, its archive verifies now, it is past retention and
         not on hold (the same rules as :meth:`purge`); anything else is a ComplianceError and changes nothing."""
         info = self.get(period)
-        now = _utc(now or dt.datetime.now(dt.UTC))
+        now = _not_future(now, "drop_partition")
+        if info.state != "archived":
+            raise ComplianceError(f"{info.name} may not be dropped: it is {info.state}, not archived",
+                                  operation="drop_partition", partition=info.name)
         decision = next((d for d in self._purge_decisions(now, verify=True) if d.partition == info.name), None)
         if decision is None or decision.action != "purge":
             reason = decision.reason if decision else f"state {info.state}"
@@ -855,6 +881,9 @@ class PartitionManager:
                     "SELECT n_live_tup, n_mod_since_analyze, coalesce(last_analyze, last_autoanalyze) IS NULL"
                     " FROM pg_stat_user_tables WHERE relid = %s::regclass", (p.name,)).fetchone()
                 live, changed, never = stats if stats else (0, 0, True)
+                if never and not live:  # activity counters are flushed lazily: look at the table itself
+                    live = 1 if conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(table)).fetchone() == (
+                        True,) else 0
                 if (never and live) or changed > cfg.analyze_change_ratio * max(live, 1):
                     t = time.perf_counter()
                     conn.execute(sql.SQL("ANALYZE {}").format(table))

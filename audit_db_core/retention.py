@@ -1,7 +1,7 @@
 """Retention: how long a partition must be kept, and what a purge may drop.
 
 An event's retention is the period configured for its ``retention_policy`` name, else for its
-``data_classification``, else the default (7 years). A partition holds many events, so it is kept for the
+``data_classification``, else the default (7 years) — shorter or longer than the default. A partition holds many events, so it is kept for the
 *longest* retention of the (classification, policy) pairs found in it when it was archived — computed with the
 settings in force at purge time, so lengthening a policy protects partitions archived earlier.
 
@@ -42,14 +42,13 @@ def add_period(ts: dt.datetime, period: Period, sign: int = 1) -> dt.datetime:
 
 
 def retention_for(classes: Iterable[Sequence[str]] | None, settings: RetentionSettings) -> Period:
-    """The longest retention over ``(data_classification, retention_policy)`` pairs (the default when none)."""
-    periods = [settings.default]
-    for classification, policy in classes or ():
-        if policy in settings.policies:
-            periods.append(settings.policies[policy])
-        elif classification in settings.policies:
-            periods.append(settings.policies[classification])
-    return max(periods, key=lambda p: p.approx_days())
+    """The longest retention over ``(data_classification, retention_policy)`` pairs; each pair takes its policy's
+    period, else its classification's, else the default (also used when the partition held nothing)."""
+    periods = [
+        settings.policies.get(policy) or settings.policies.get(classification) or settings.default
+        for classification, policy in classes or ()
+    ]
+    return max(periods or [settings.default], key=lambda p: p.approx_days())
 
 
 def check_against_active_window(settings: RetentionSettings, active_window: Period) -> None:

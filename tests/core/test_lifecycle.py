@@ -66,8 +66,9 @@ def test_archive_exports_verifies_and_makes_read_only(ldb: AuditDatabase, fresh_
     # Rows stay queryable; a late event for the archived month is refused loudly, not dropped silently.
     assert ldb.count(AuditQuery(until=dt.datetime(2020, 2, 1, tzinfo=UTC))) == rows
     late = AuditEvent(action="late.event", status="success", principal_id="u", event_time=dt.datetime(2020, 1, 9, tzinfo=UTC))
-    with pytest.raises(Exception, match="archived and read-only"):
+    with pytest.raises(ComplianceError, match="archived and read-only") as refused:
         ldb.insert(late)
+    assert "late.event" not in str(refused.value)  # the server's DETAIL (row values) stays out of the message
     # Re-running is a no-op.
     again = ldb.partitions.archive("2020-01")
     assert again.status == "already_archived"
@@ -143,11 +144,38 @@ def test_purge_respects_retention_holds_and_verification(ldb: AuditDatabase, fre
     assert restored.rows == jan_rows and _count(fresh_database, restored.table) == jan_rows
     assert pm.restore("2020-01").status == "already_restored"
 
-    # Past the archive retention (and with the hold released), archives go too.
+    # A purge that changes data may not look ahead: a future "now" would let retention pass early.
+    with pytest.raises(PartitionError, match="in the future"):
+        pm.purge(dt.datetime(2040, 1, 1, tzinfo=UTC), dry_run=False)
+    assert pm.purge(dt.datetime(2040, 1, 1, tzinfo=UTC), dry_run=True).of("delete_archive")  # a dry run may
+
+    # Past the archive retention (and with the hold released), archives go too. Time passes: the purge is
+    # back-dated eight years in the registry, as if it had happened then.
+    with psycopg.connect(fresh_database) as conn:
+        conn.execute("UPDATE audit_partitions SET purged_at = purged_at - interval '8 years'"
+                     " WHERE partition_name = 'audit_log_p2020_01'")
     pm.release("2020-02", "case closed")
-    later = pm.purge(dt.datetime(2040, 1, 1, tzinfo=UTC), dry_run=False)
-    assert "audit_log_p2020_01" in later.archives_deleted and "audit_log_p2020_02" in later.purged
+    later = pm.purge(dry_run=False)
+    assert later.archives_deleted == ["audit_log_p2020_01"] and later.purged == ["audit_log_p2020_02"]
     assert not (archive_root / "audit_log_p2020_01").exists()
+    assert (archive_root / "audit_log_p2020_02" / "manifest.json").exists()  # kept for its own archive retention
+
+
+def test_purge_needs_the_archive_root_to_verify(ldb: AuditDatabase) -> None:
+    ldb.partitions.archive("2020-01")
+    with AuditDatabase(ldb.settings.with_overrides(archive={"root_uri": None})) as db:
+        with pytest.raises(ConfigurationError, match="AUDIT_ARCHIVE__ROOT_URI"):
+            db.partitions.purge(dry_run=False)
+        assert db.partitions.get("2020-01").state == "archived"
+
+
+def test_a_policy_may_shorten_retention(ldb: AuditDatabase) -> None:
+    ldb.partitions.archive("2020-01")
+    shorter = ldb.settings.with_overrides(retention={"default": "10 years",
+                                                     "policies": {"hipaa": "2 years", "standard": "2 years"}})
+    with AuditDatabase(shorter) as db:
+        decision = {d.partition: d for d in db.partitions.purge(dry_run=True).decisions}["audit_log_p2020_01"]
+    assert decision.action == "purge" and decision.retained_until == dt.datetime(2022, 2, 1, tzinfo=UTC)
 
 
 def test_retention_shorter_than_the_active_window_is_refused(ldb: AuditDatabase) -> None:
@@ -229,6 +257,8 @@ def test_cli_partitions(ldb: AuditDatabase, fresh_database: str, archive_root: P
     assert json.loads(archived.stdout)[0]["status"] == "archived"
     dry = cli("purge", "--dry-run")
     assert dry.returncode == 0 and "would purge 1 partitions" in dry.stdout
+    default = cli("purge")  # without --execute a purge only reports
+    assert default.returncode == 0 and "add --execute" in default.stdout
     assert ldb.partitions.get("2020-01").state == "archived"
     held = cli("hold", "2020-01", "--reason", "audit request 7")
     assert held.returncode == 0 and "audit request 7" in held.stdout
@@ -238,3 +268,7 @@ def test_cli_partitions(ldb: AuditDatabase, fresh_database: str, archive_root: P
     assert missing.returncode == 2 and "--reason" in missing.stderr
     opt = cli("optimize")
     assert opt.returncode == 0 and "bloat check" in opt.stdout
+    rescue = cli("rescue", "--json")
+    assert rescue.returncode == 0 and json.loads(rescue.stdout) == []
+    executed = cli("purge", "--execute", "--json")
+    assert executed.returncode == 0 and json.loads(executed.stdout)["purged"] == []  # 2020-01 is on hold
