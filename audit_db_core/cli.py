@@ -221,8 +221,6 @@ def cmd_partitions(args: argparse.Namespace) -> int:
                 rows.append(asdict(_archive_with_progress(pm, period, args, run_id)))
             _emit(args, rows, rows, ["partition", "status", "rows", "files", "archive_bytes", "duration_ms", "archive_uri"])
         elif args.action == "purge":
-            if args.dry_run and args.execute:
-                raise ConfigurationError("arguments", [("purge", "give --dry-run or --execute, not both")])
             dry_run = not args.execute  # destroying data takes an explicit --execute
             report = pm.purge(_when(args.now), dry_run=dry_run, run_id=run_id)
             decisions = [d.to_dict() for d in report.decisions]
@@ -303,8 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parts.add_argument("period", nargs="*", help="period key(s): 2026-11, 2026-Q4, 2026, 2026-11-23 or a partition name")
     parts.add_argument("--json", action="store_true", help="JSON output for scripts")
-    parts.add_argument("--dry-run", action="store_true", help="purge: only list what would go and why (the default)")
-    parts.add_argument("--execute", action="store_true", help="purge: really drop partitions and delete archives")
+    purge_mode = parts.add_mutually_exclusive_group()
+    purge_mode.add_argument("--dry-run", action="store_true", help="purge: only list what would go and why (default)")
+    purge_mode.add_argument("--execute", action="store_true", help="purge: really drop partitions and delete archives")
     parts.add_argument("--now", help="plan/archive/purge as of this time (ISO 8601, with zone)")
     parts.add_argument("--state", choices=["active", "archived", "purged"], help="list: only this state")
     parts.add_argument("--premake", type=int, default=None, help="create without PERIOD: this and N next periods")

@@ -79,6 +79,7 @@ def _as_event(item: Any, index: int | None) -> AuditEvent:
 
 
 _REROUTE_ATTEMPTS = 3
+_STORED_BEFORE = "({} events before this batch are stored; re-sending them all is safe)"
 
 
 def _rerouted(exc: psycopg.Error) -> bool:
@@ -145,9 +146,7 @@ def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_siz
             rows = [_as_event(item, seen + i).row() for i, item in enumerate(chunk)]
         except AuditValidationError as exc:
             if commit_each and seen:
-                exc.message += f" ({seen} events before this batch are stored; re-sending them all is safe)"
-                exc.args = (exc.message,)
-                exc.context["events_before_batch"] = seen
+                exc.amend(_STORED_BEFORE.format(seen), events_before_batch=seen)
             raise
         try:
             if commit_each:
@@ -158,7 +157,7 @@ def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_siz
         except psycopg.Error as exc:
             err = classify(exc, operation="insert_many", events_before_batch=seen)
             if commit_each and seen:
-                err.message += f" ({seen} events before this batch are stored; re-sending them all is safe)"
+                err.amend(_STORED_BEFORE.format(seen))
             raise err from exc
         seen += len(chunk)
 

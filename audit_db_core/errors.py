@@ -94,6 +94,13 @@ class AuditError(Exception):
     def correlation_id(self) -> str | None:
         return self.context.get("correlation_id")
 
+    def amend(self, suffix: str, **context: Any) -> AuditError:
+        """Add to the message (and context) of an error on its way up; returns it for ``raise err.amend(...)``."""
+        self.message = redact(f"{self.message} {suffix}")
+        self.args = (self.message,)
+        self.context.update({k: v for k, v in context.items() if v is not None})
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready form for structured logs and alerts."""
         return {
@@ -254,7 +261,7 @@ def classify(exc: BaseException, *, operation: str | None = None, **context: Any
         err = AuditTimeoutError(f"no database connection available in time: {message}", operation=operation, **context)
     elif isinstance(exc, psycopg.errors.QueryCanceled):
         err = AuditTimeoutError(f"statement timed out: {message}", operation=operation, **context)
-    elif isinstance(exc, psycopg.errors.RaiseException) and ("append-only" in message or "read-only" in message):
+    elif isinstance(exc, psycopg.errors.RaiseException) and ("append-only" in message or "is archived and read-only" in message):
         err = ComplianceError(message, operation=operation, **context)
     elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
         err = ComplianceError(f"not permitted: {message}", operation=operation, **context)

@@ -337,7 +337,7 @@ class PartitionManager:
         cfg = self.settings.archive
         if not cfg.root_uri:
             raise ConfigurationError(
-                "settings", [("AUDIT_ARCHIVE__ROOT_URI", "is not set: archival needs a place to write archives")]
+                "settings", [("AUDIT_ARCHIVE__ROOT_URI", "is not set: archival, purge and restore need the archive root")]
             )
         return ArchiveStore(cfg.root_uri, rows_per_file=cfg.rows_per_file, batch_rows=cfg.batch_rows)
 
@@ -564,6 +564,7 @@ class PartitionManager:
         read-only (or detach it) and mark it ``archived`` — in that order, so the registry never claims an
         archive that is not there. Re-running on an archived period is a no-op."""
         b = resolve_period(period, self.interval)
+        self.get(b)  # an unknown period is the caller's mistake, not a failed archival to ledger
         try:
             return self._archive(b, now, run_id, progress)
         except AuditError as exc:
@@ -762,19 +763,23 @@ class PartitionManager:
         if dry_run:
             return report
         for d in report.of("purge"):
-            self.drop_partition(d.partition, now=now, run_id=run_id)
+            self._drop(d, run_id)  # each archive was just verified for this decision
             report.purged.append(d.partition)
         for d in report.of("delete_archive"):
             self._delete_archive(d.partition, run_id)
             report.archives_deleted.append(d.partition)
         return report
 
-    def _purge_decisions(self, now: dt.datetime, *, verify: bool) -> list[PurgeDecision]:
+    def _purge_decisions(
+        self, now: dt.datetime, *, verify: bool, only: str | None = None
+    ) -> list[PurgeDecision]:
         decisions = []
         cutoff = self.archive_cutoff(now)
         # A purge never drops a partition without reading its archive back: no archive root, no purge.
         store = self.archive_store() if verify else None
         for p in self.list_partitions():
+            if only is not None and p.name != only:
+                continue
             def decide(action: str, reason: str, until: dt.datetime | None = None, p: PartitionInfo = p) -> None:
                 decisions.append(PurgeDecision(p.name, action, reason, p.start, p.end, until, p.row_count))
 
@@ -828,17 +833,20 @@ class PartitionManager:
         if info.state != "archived":
             raise ComplianceError(f"{info.name} may not be dropped: it is {info.state}, not archived",
                                   operation="drop_partition", partition=info.name)
-        decision = next((d for d in self._purge_decisions(now, verify=True) if d.partition == info.name), None)
+        decision = next(iter(self._purge_decisions(now, verify=True, only=info.name)), None)
         if decision is None or decision.action != "purge":
             reason = decision.reason if decision else f"state {info.state}"
             raise ComplianceError(f"{info.name} may not be dropped: {reason}", operation="drop_partition",
                                   partition=info.name)
+        self._drop(decision, run_id)
+
+    def _drop(self, decision: PurgeDecision, run_id: str | None) -> None:
         started = time.perf_counter()
         with self._conn("drop_partition") as conn, conn.transaction():
-            locked = self._registered(conn, info.name, lock=True)
-            if locked is None or locked.legal_hold or locked.state != "archived":
-                raise ComplianceError(f"{info.name} changed while purging (hold or state); nothing dropped",
-                                      operation="drop_partition", partition=info.name)
+            info = self._registered(conn, decision.partition, lock=True)
+            if info is None or info.legal_hold or info.state != "archived":
+                raise ComplianceError(f"{decision.partition} changed while purging (hold or state); nothing dropped",
+                                      operation="drop_partition", partition=decision.partition)
             conn.execute("SET LOCAL lock_timeout = '30s'")
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(info.name)))
             conn.execute("UPDATE audit_partitions SET state = 'purged', purged_at = now(), updated_at = now()"
