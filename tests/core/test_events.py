@@ -206,3 +206,33 @@ def test_details_are_the_events_own_copy() -> None:
     mine["fields"].append("meds")  # the caller keeps mutating its dict
     assert ev.details == {"fields": ["allergies"], "n": 1} and ev.content_hash == before
     assert json.loads(ev.canonical_bytes())["details"] == ev.details
+
+
+class _Float(float):
+    def __repr__(self) -> str:  # like numpy.float64: a repr that is not a JSON number
+        return f"_Float({float(self)!r})"
+
+
+def test_float_subclasses_hash_like_plain_floats() -> None:
+    plain = AuditEvent(**BASE, event_id="01890a5d-ac96-774b-bcce-b302099a8057", details={"x": 3.0, "y": 1e100, "z": 0.5})
+    sub = AuditEvent(**{**plain.model_dump(), "details": {"x": _Float(3.0), "y": _Float(1e100), "z": _Float(0.5)}})
+    assert sub.content_hash == plain.content_hash
+
+
+@settings(max_examples=100, deadline=None)
+@given(details_strategy, st.text(min_size=1, max_size=30).filter(lambda s: "\x00" not in s and _encodable(s)))
+def test_canonical_text_is_the_sorted_json_of_canonical_dict(details: dict[str, Any], source: str) -> None:
+    ev = AuditEvent(**BASE, details=details, source=source, correlation_id="c", processing_latency_ms=5)
+    assert ev.canonical_bytes().decode() == canonical_json(ev.canonical_dict())
+
+
+TEXT_FIELDS = ["action", "principal_id", "organization_id", "target_resource_type", "target_resource_id",
+               "outcome_description", "retention_policy", "correlation_id", "session_id", "source", "event_version"]
+
+
+@pytest.mark.parametrize("field", TEXT_FIELDS)
+def test_every_text_field_refuses_nul(field: str) -> None:
+    assert set(TEXT_FIELDS) == {n for n, f in AuditEvent.model_fields.items() if f.annotation in (str, "str", str | None, "str | None")}
+    with pytest.raises(AuditValidationError) as info:
+        AuditEvent(**{**BASE, field: "ab\x00c"})
+    assert field in info.value.fields
