@@ -33,7 +33,7 @@ from decimal import Decimal
 from typing import Any, ClassVar
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_serializer, field_validator
 
 from audit_db_core.errors import AuditValidationError
 
@@ -320,6 +320,10 @@ class StoredAuditEvent(AuditEvent):
 
     ingested_at: dt.datetime | None = None
     stored_content_hash: bytes | None = Field(default=None, description="the content_hash column as stored")
+
+    @field_serializer("stored_content_hash", when_used="json")
+    def _hex(self, value: bytes | None) -> str | None:
+        return value.hex() if value is not None else None
 
     _subject: ClassVar[str] = "StoredAuditEvent"
 

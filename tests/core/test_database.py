@@ -67,6 +67,8 @@ def test_round_trip_of_every_field(db: AuditDatabase) -> None:
     assert back.stored_content_hash == original.content_hash  # stored hash = hash computed before writing
     assert back.hash_matches  # and = hash recomputed from what came back
     assert back.ingested_at is not None and back.ingested_at.tzinfo is not None
+    as_json = back.model_dump(mode="json")  # JSON-ready, e.g. for an export: the stored hash as hex
+    assert as_json["stored_content_hash"] == original.content_hash.hex()
 
 
 def test_insert_is_idempotent(db: AuditDatabase) -> None:
