@@ -10,10 +10,13 @@ Each test that needs a clean schema gets its own database, cloned from a migrate
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -39,7 +42,7 @@ def with_dbname(url: str, dbname: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServers]:
+def servers() -> Iterator[TestServers]:
     url = os.environ.get("AUDIT_TEST_DATABASE_URL")
     if url:
         replicas = [u for u in os.environ.get("AUDIT_TEST_REPLICA_URLS", "").split(",") if u.strip()]
@@ -47,12 +50,16 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestServers]:
         return
     from audit_db_core.local import LocalServers
 
-    local = LocalServers(tmp_path_factory.mktemp("servers"))
+    # Not under pytest's basetemp: every pytest session run as root resets /tmp/pytest-of-root to 0700, which
+    # would lock the unprivileged PostgreSQL user out of its running data directory mid-session.
+    directory = Path(tempfile.mkdtemp(prefix="audit-test-servers-"))
+    local = LocalServers(directory / "servers")
     try:
         ep = local.up()
         yield TestServers(ep.database_url, list(ep.replica_urls), ep.redis_url, local=True)
     finally:
         local.down(remove=True)
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 @contextmanager
