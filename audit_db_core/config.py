@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import re
@@ -134,12 +135,21 @@ class PoolSettings(_Section):
         return self
 
 
+def _default_history_start() -> dt.date:
+    return dt.date(dt.datetime.now(dt.UTC).year - 7, 1, 1)
+
+
 class PartitionSettings(_Section):
     """Time partitioning of ``audit_log`` (bounds and names in UTC)."""
 
     interval: Period = _period_field("monthly", "monthly (default), quarterly, yearly, weekly, daily, '<n> months'…")
     premake: int = Field(default=3, ge=0, le=120, description="future partitions kept ready ahead of now")
     active_window: Period = _period_field("90 days", "partitions older than this become eligible for archival")
+    history_start: dt.date = Field(
+        default_factory=_default_history_start,
+        description="the first period offered for backfill by the Dagster code location (aligned down to the "
+        "interval); default: January 1st seven years ago, so a seven-year retention's history can be backfilled",
+    )
 
     @field_validator("interval")
     @classmethod
@@ -147,6 +157,14 @@ class PartitionSettings(_Section):
         if value.months and 12 % value.months and value.months % 12:
             raise ValueError("a month-based interval must divide a year (1, 2, 3, 4, 6 months) or be whole years")
         return value
+
+
+class ReplicaSettings(_Section):
+    """Health bounds for read replicas: one further behind the primary than either bound is reported unhealthy
+    (``AUDIT_REPLICAS__MAX_LAG_SECONDS``, ``AUDIT_REPLICAS__MAX_LAG_BYTES``)."""
+
+    max_lag_seconds: float = Field(default=30.0, gt=0, le=86_400, description="replay lag bound, in seconds")
+    max_lag_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="replay lag bound, in bytes of WAL")
 
 
 class ArchiveSettings(_Section):
@@ -297,6 +315,7 @@ class AuditSettings(BaseSettings):
 
     pool: PoolSettings = PoolSettings()
     partitions: PartitionSettings = PartitionSettings()
+    replicas: ReplicaSettings = ReplicaSettings()
     retention: RetentionSettings = RetentionSettings()
     archive: ArchiveSettings = ArchiveSettings()
     maintenance: MaintenanceSettings = MaintenanceSettings()
@@ -381,6 +400,37 @@ class AuditSettings(BaseSettings):
                 data[key] = data[key].get_secret_value()
         data["replica_urls"] = [u.get_secret_value() for u in self.replica_urls]
         return type(self)(**_merge(data, changes))
+
+
+class _PartitionsFromEnv(BaseSettings):
+    """Only the ``AUDIT_PARTITIONS__*`` section: what code that needs no database (the Dagster partitions
+    definition, loaded before any URL is known) reads from the environment."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", case_sensitive=False, extra="ignore", frozen=True
+    )
+
+    partitions: PartitionSettings = PartitionSettings()
+
+
+def partition_settings_from_env() -> PartitionSettings:
+    """The partition settings from ``AUDIT_PARTITIONS__*`` alone, without requiring ``AUDIT_DATABASE_URL``.
+
+    The same values :class:`AuditSettings` reads; an invalid one raises :class:`ConfigurationError` naming the
+    variable.
+
+    Example::
+
+        partition_settings_from_env().interval      # Period(months=1, days=0) unless AUDIT_PARTITIONS__INTERVAL
+    """
+    try:
+        return _PartitionsFromEnv().partitions
+    except pydantic.ValidationError as exc:
+        raise ConfigurationError.from_pydantic("settings", exc, env_prefix=ENV_PREFIX) from None
+    except SettingsError as exc:
+        m = re.search(r'field "([^"]+)"', str(exc))
+        name = ENV_PREFIX + (m.group(1).upper() if m else "PARTITIONS")
+        raise ConfigurationError("settings", [(name, "could not be parsed (expected JSON or a plain value)")]) from None
 
 
 ConsistencyLevel = Literal["strong", "bounded", "eventual"]

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
@@ -34,6 +35,67 @@ def connect_kwargs(settings: AuditSettings) -> dict[str, Any]:
         "application_name": settings.application_name,
         "options": options,
     }
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """One replica as measured now (see :meth:`ConnectionManager.replica_status`).
+
+    ``lag_bytes``: WAL the replica has still to replay, ``pg_wal_lsn_diff(primary's pg_current_wal_lsn(),
+    replica's pg_last_wal_replay_lsn())``. ``lag_seconds``: ``now() - pg_last_xact_replay_timestamp()`` on the
+    replica while WAL is pending, 0 when none is. Both are ``None`` when they could not be measured.
+    """
+
+    name: str  # replica-0, replica-1, … in AUDIT_REPLICA_URLS order
+    url: str  # password masked
+    reachable: bool
+    in_recovery: bool | None
+    lag_bytes: int | None
+    lag_seconds: float | None
+    max_lag_bytes: int
+    max_lag_seconds: float
+    latency_ms: float
+    error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """Reachable, a standby, and within both lag bounds."""
+        return (
+            self.reachable
+            and self.in_recovery is True
+            and self.lag_bytes is not None
+            and self.lag_bytes <= self.max_lag_bytes
+            and self.lag_seconds is not None
+            and self.lag_seconds <= self.max_lag_seconds
+        )
+
+    @property
+    def problem(self) -> str | None:
+        """Why it is not healthy, in one line (``None`` when it is)."""
+        if not self.reachable:
+            return f"unreachable: {self.error}"
+        if self.in_recovery is not True:
+            return "not a standby (pg_is_in_recovery() is false): it does not replicate the primary"
+        if self.lag_bytes is None or self.lag_seconds is None:
+            return self.error or "replay lag could not be measured"
+        if self.lag_bytes > self.max_lag_bytes:
+            return f"replay lag {self.lag_bytes} bytes exceeds {self.max_lag_bytes}"
+        if self.lag_seconds > self.max_lag_seconds:
+            return f"replay lag {self.lag_seconds:.3f} s exceeds {self.max_lag_seconds} s"
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "healthy": self.healthy, "problem": self.problem}
+
+
+_REPLICA_LAG = (
+    "SELECT pg_is_in_recovery(),"
+    " CASE WHEN pg_is_in_recovery()"
+    "      THEN greatest(pg_wal_lsn_diff(%(primary)s::pg_lsn, pg_last_wal_replay_lsn()), 0)::bigint END,"
+    " CASE WHEN NOT pg_is_in_recovery() THEN NULL"
+    "      WHEN pg_wal_lsn_diff(%(primary)s::pg_lsn, pg_last_wal_replay_lsn()) <= 0 THEN 0"
+    "      ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END"
+)
 
 
 class ConnectionManager:
@@ -188,6 +250,66 @@ class ConnectionManager:
                 "schema_version": None,
                 "error": _reason(exc),
             }
+
+    def replica_status(self) -> list[ReplicaStatus]:
+        """Measure every configured replica against the primary, now: reachable, in recovery, replay lag in bytes
+        and seconds, compared with ``AUDIT_REPLICAS__MAX_LAG_BYTES`` / ``__MAX_LAG_SECONDS``. Never raises:
+        failures are in the statuses. Works whether or not the manager is open: each replica is probed over a
+        short direct connection with the connect timeout (a dead replica costs at most that long, never a pool
+        wait); the primary's WAL position is read through the pool when it is open.
+
+        Example::
+
+            for r in cm.replica_status():
+                print(r.name, r.healthy, r.lag_bytes, r.lag_seconds, r.problem)
+        """
+        if not self.settings.replica_urls:
+            return []
+        bounds = self.settings.replicas
+        primary_lsn: str | None = None
+        primary_error: str | None = None
+        try:
+            if self._primary is not None:  # open: borrow a pooled connection rather than make one
+                with self._primary.connection(timeout=self.settings.pool.timeout_seconds) as conn:
+                    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            else:
+                with psycopg.connect(self.settings.database_url.get_secret_value(),
+                                     **connect_kwargs(self.settings)) as conn:
+                    row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            primary_lsn = row[0] if row else None
+        except Exception as exc:
+            primary_error = f"the primary's WAL position could not be read: {_reason(exc)}"
+        out = []
+        for i, url in enumerate(self.settings.replica_urls):
+            name = f"replica-{i}"
+            started = time.perf_counter()
+            in_recovery: bool | None = None
+            lag_bytes: int | None = None
+            lag_seconds: float | None = None
+            error: str | None = primary_error
+            try:
+                with psycopg.connect(url.get_secret_value(), **connect_kwargs(self.settings)) as conn:
+                    if primary_lsn is None:
+                        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+                        in_recovery = bool(row[0]) if row else None
+                    else:
+                        row = conn.execute(_REPLICA_LAG, {"primary": primary_lsn}).fetchone()
+                        if row is not None:
+                            in_recovery = bool(row[0])
+                            lag_bytes = None if row[1] is None else int(row[1])
+                            lag_seconds = None if row[2] is None else round(max(float(row[2]), 0.0), 3)
+                            if in_recovery and lag_seconds is None:
+                                error = "no transaction replayed since the replica started: lag in seconds unknown"
+                reachable = True
+            except Exception as exc:
+                reachable, error = False, _reason(exc)
+            out.append(ReplicaStatus(
+                name=name, url=redact(url.get_secret_value()), reachable=reachable, in_recovery=in_recovery,
+                lag_bytes=lag_bytes, lag_seconds=lag_seconds, max_lag_bytes=bounds.max_lag_bytes,
+                max_lag_seconds=bounds.max_lag_seconds, latency_ms=round((time.perf_counter() - started) * 1000, 3),
+                error=error,
+            ))
+        return out
 
     def pool_stats(self) -> dict[str, dict[str, Any]]:
         """Real numbers from each pool: size, in use, idle, waiting, and acquisition totals."""

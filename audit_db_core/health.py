@@ -3,16 +3,21 @@
 Example::
 
     report = db.health()
-    report.healthy            # False when the primary is unreachable
+    report.healthy            # False when the primary is unreachable or the schema is behind (critical parts)
+    report.status             # "healthy", "degraded" (a replica lags or is down, Redis is down: reads fail over to
+                              # the primary and the cache is bypassed) or "unhealthy"
     report.to_dict()          # JSON-ready, for the CLI and the Dagster checks
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from audit_db_core.config import AuditSettings
+from audit_db_core.errors import redact
 from audit_db_core.migrate import SCHEMA_VERSION
 
 if TYPE_CHECKING:
@@ -25,6 +30,7 @@ class ComponentHealth:
     healthy: bool
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    critical: bool = True  # False: the library works around its failure (replica failover, cache bypass)
 
 
 @dataclass
@@ -37,11 +43,17 @@ class HealthReport:
 
     @property
     def healthy(self) -> bool:
-        return all(c.healthy for c in self.components.values())
+        """Every critical component (primary, schema) is healthy."""
+        return all(c.healthy for c in self.components.values() if c.critical)
+
+    @property
+    def degraded(self) -> bool:
+        """Healthy, but a non-critical component (a replica, Redis) is not."""
+        return self.healthy and not all(c.healthy for c in self.components.values())
 
     @property
     def status(self) -> str:
-        return "healthy" if self.healthy else "unhealthy"
+        return "unhealthy" if not self.healthy else "degraded" if self.degraded else "healthy"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +64,55 @@ class HealthReport:
             "components": {name: asdict(c) for name, c in self.components.items()},
             "pools": self.pools,
         }
+
+
+@dataclass(frozen=True)
+class RedisStatus:
+    """The Redis of the L2 cache, as measured by :func:`redis_status`."""
+
+    configured: bool
+    reachable: bool | None  # None when not configured
+    latency_ms: float | None
+    url: str | None  # password masked
+    error: str | None = None
+
+    @property
+    def healthy(self) -> bool:
+        """Not configured (nothing to reach) or answering PING."""
+        return not self.configured or bool(self.reachable)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "healthy": self.healthy}
+
+
+def redis_status(settings: AuditSettings) -> RedisStatus:
+    """PING the configured Redis (``AUDIT_REDIS_URL``) with the cache's timeout
+    (``AUDIT_CACHE__REDIS_TIMEOUT_SECONDS``) and measure the round trip. Never raises.
+
+    Example::
+
+        status = redis_status(settings)
+        status.configured, status.reachable, status.latency_ms
+    """
+    if settings.redis_url is None:
+        return RedisStatus(configured=False, reachable=None, latency_ms=None, url=None)
+    import redis
+
+    timeout = settings.cache.redis_timeout_seconds
+    client = redis.Redis.from_url(
+        settings.redis_url.get_secret_value(), socket_timeout=timeout, socket_connect_timeout=timeout,
+        retry_on_timeout=False,
+    )
+    started = time.perf_counter()
+    try:
+        client.ping()
+        return RedisStatus(True, True, round((time.perf_counter() - started) * 1000, 3), settings.display_redis_url)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return RedisStatus(True, False, round((time.perf_counter() - started) * 1000, 3), settings.display_redis_url,
+                           redact(reason))
+    finally:
+        client.close()
 
 
 def build_health_report(db: AuditDatabase) -> HealthReport:
@@ -75,6 +136,22 @@ def build_health_report(db: AuditDatabase) -> HealthReport:
             if behind
             else None,
         )
+    for replica in db.connections.replica_status():
+        components[replica.name] = ComponentHealth(
+            name=replica.name,
+            healthy=replica.healthy,
+            details={k: v for k, v in replica.to_dict().items() if k not in ("error", "problem", "healthy", "name")},
+            error=replica.problem,
+            critical=False,
+        )
+    cache = redis_status(db.settings)
+    components["redis"] = ComponentHealth(
+        name="redis",
+        healthy=cache.healthy,
+        details={k: v for k, v in cache.to_dict().items() if k not in ("error", "healthy")},
+        error=None if cache.healthy else f"unreachable: {cache.error}",
+        critical=False,
+    )
     return HealthReport(
         checked_at=dt.datetime.now(dt.UTC),
         components=components,

@@ -256,6 +256,35 @@ class MaintenancePlan:
 
 
 @dataclass(frozen=True)
+class IndexStats:
+    """One index of a partition, from the catalog."""
+
+    name: str
+    method: str  # btree | brin | gin | …
+    bytes: int
+    valid: bool
+
+
+@dataclass(frozen=True)
+class PartitionStats:
+    """What a partition holds now, measured in the database (not the registry's last recorded numbers).
+
+    ``exists`` is False once the table is gone (purged, or detached and dropped elsewhere): ``rows`` then is the
+    registry's last count and ``bytes`` 0."""
+
+    name: str
+    rows: int
+    bytes: int
+    indexes: list[str]
+    index_details: list[IndexStats] = field(default_factory=list)
+    state: str = "active"
+    exists: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
 class OptimizeStep:
     partition: str
     action: str  # analyze | brin_summarize | reindex | stats
@@ -815,15 +844,20 @@ class PartitionManager:
                     decide("purge", f"retention passed on {until:%Y-%m-%d}; archive verified", until)
         return decisions
 
+    @classmethod
+    def _archive_problem(cls, p: PartitionInfo, store: ArchiveStore) -> str | None:
+        problems = cls._archive_problems(p, store)
+        return "; ".join(problems) if problems else None
+
     @staticmethod
-    def _archive_problem(p: PartitionInfo, store: ArchiveStore) -> str | None:
+    def _archive_problems(p: PartitionInfo, store: ArchiveStore) -> list[str]:
         manifest = store.read_manifest(p.name)
         if manifest is None:
-            return f"no manifest at {store.manifest_uri(p.name)}"
+            return [f"no manifest at {store.manifest_uri(p.name)}"]
         if manifest.sha256 != p.archive_manifest_sha256:
-            return "manifest differs from the one recorded at archival"
+            return ["manifest differs from the one recorded at archival"]
         check = store.verify(manifest, expected_rows=p.row_count, expected_digest=p.archive_checksum)
-        return None if check.ok else "; ".join(check.problems)
+        return [] if check.ok else list(check.problems)
 
     def drop_partition(self, period: Any, *, now: dt.datetime | None = None, run_id: str | None = None) -> None:
         """Drop one partition — only when it is archived, its archive verifies now, it is past retention and
@@ -927,6 +961,101 @@ class PartitionManager:
                                   details={"steps": steps})
                 report.steps.append(OptimizeStep(p.name, "stats", p.name, _elapsed_ms(t), "registry refreshed"))
         return report
+
+    # -- inspection (read-only, for health checks and reports) ----------------------------------------------------
+
+    def stats(self, period: Any) -> PartitionStats:
+        """Rows (an exact count), total bytes (table, indexes, TOAST) and indexes of the registered partition of
+        ``period``, measured now. One sequential count per call: meant for one partition at a time.
+
+        Example::
+
+            s = pm.stats("2026-11")
+            s.rows, s.bytes, s.indexes          # 1234, 901120, ['audit_log_p2026_11_action_event_time_idx', …]
+        """
+        info = self.get(period)
+        with self._conn("partition_stats") as conn:
+            if conn.execute("SELECT to_regclass(%s)", (info.name,)).fetchone() == (None,):
+                return PartitionStats(info.name, info.row_count or 0, 0, [], [], info.state, exists=False)
+            (rows,) = conn.execute(
+                sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(info.name))).fetchone()  # type: ignore[misc]
+            (size,) = conn.execute(
+                "SELECT pg_total_relation_size(%s::regclass)", (info.name,)).fetchone()  # type: ignore[misc]
+            indexes = [
+                IndexStats(name, method, int(nbytes), bool(valid))
+                for name, method, nbytes, valid in conn.execute(
+                    "SELECT c.relname, a.amname, pg_relation_size(c.oid), i.indisvalid FROM pg_index i"
+                    " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam"
+                    " WHERE i.indrelid = %s::regclass ORDER BY c.relname",
+                    (info.name,),
+                ).fetchall()
+            ]
+        return PartitionStats(info.name, int(rows), int(size), [i.name for i in indexes], indexes, info.state)
+
+    def archivable_from(self, period: Any) -> dt.datetime:
+        """The instant the period leaves the active window: its end plus ``AUDIT_PARTITIONS__ACTIVE_WINDOW``
+        (before then :meth:`archive` refuses it and :meth:`plan` does not list it)."""
+        b = resolve_period(period, self.interval)
+        return add_period(b.end, self.settings.partitions.active_window)
+
+    def verify_archives(self, *, record: bool = False, run_id: str | None = None) -> list[tuple[str, list[str]]]:
+        """Re-read the archive of every archived partition (and of every purged one whose archive is still kept)
+        and verify it against the registry's row count, content digest and manifest SHA-256.
+
+        Returns ``(partition, problems)`` for every archive checked, oldest first; an empty ``problems`` list
+        means it verified. With ``record=True`` each verification is appended to the ledger (operation
+        ``verify``, outcome ``ok`` or ``failed``). Raises :class:`ConfigurationError` when archives exist but
+        ``AUDIT_ARCHIVE__ROOT_URI`` is not set (they cannot be read).
+
+        Example::
+
+            bad = [(name, problems) for name, problems in pm.verify_archives() if problems]
+        """
+        archived = [p for p in self.list_partitions()
+                    if p.state in ("archived", "purged") and p.archive_uri and p.archive_deleted_at is None]
+        if not archived:
+            return []
+        store = self.archive_store()
+        out: list[tuple[str, list[str]]] = []
+        for p in archived:
+            started = time.perf_counter()
+            try:
+                problems = self._archive_problems(p, store)
+            except AuditError as exc:  # a malformed manifest or an unreadable root: this archive does not verify
+                problems = [exc.message]
+            out.append((p.name, problems))
+            if record:
+                with self._conn("verify_archive") as conn, conn.transaction():
+                    ledger.record(conn, "verify", p.name, "failed" if problems else "ok", run_id=run_id,
+                                  rows=p.row_count, checksum=p.archive_checksum, duration_ms=_elapsed_ms(started),
+                                  details={"archive_uri": p.archive_uri, "problems": problems})
+        return out
+
+    def ledger_consistency(self) -> list[str]:
+        """Problems between the registry and the lifecycle ledger (empty when consistent): every registered
+        partition has a successful ``create`` entry, every archived or purged one a successful ``archive``, every
+        purged one a successful ``purge``."""
+        stmt = (
+            "SELECT p.partition_name, p.state,"
+            " EXISTS (SELECT 1 FROM audit_lifecycle_ledger l WHERE l.partition_name = p.partition_name"
+            "         AND l.operation = %(create)s AND l.outcome = 'ok'),"
+            " EXISTS (SELECT 1 FROM audit_lifecycle_ledger l WHERE l.partition_name = p.partition_name"
+            "         AND l.operation = %(archive)s AND l.outcome = 'ok'),"
+            " EXISTS (SELECT 1 FROM audit_lifecycle_ledger l WHERE l.partition_name = p.partition_name"
+            "         AND l.operation = %(purge)s AND l.outcome = 'ok')"
+            " FROM audit_partitions p ORDER BY p.range_start"
+        )
+        with self._conn("ledger_consistency") as conn:
+            rows = conn.execute(stmt, {"create": "create", "archive": "archive", "purge": "purge"}).fetchall()
+        problems = []
+        for name, state, created, archived, purged in rows:
+            if not created:
+                problems.append(f"{name}: registered, but the ledger has no successful create")
+            if state in ("archived", "purged") and not archived:
+                problems.append(f"{name}: {state}, but the ledger has no successful archive")
+            if state == "purged" and not purged:
+                problems.append(f"{name}: purged, but the ledger has no successful purge")
+        return problems
 
     # -- failures ------------------------------------------------------------------------------------------------
 

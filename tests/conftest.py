@@ -27,6 +27,23 @@ from audit_db_core import AuditDatabase, AuditSettings
 from audit_db_core.migrate import migrate
 
 
+_PRIVATE_BASETEMP: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A private basetemp (unless one is given): pytest's shared /tmp/pytest-of-<user> is reset to 0700 by every
+    new session, which would lock the unprivileged PostgreSQL user of another running session out of its data."""
+    global _PRIVATE_BASETEMP
+    if not config.option.basetemp and not hasattr(config, "workerinput"):
+        _PRIVATE_BASETEMP = tempfile.mkdtemp(prefix="audit-pytest-")
+        config.option.basetemp = _PRIVATE_BASETEMP
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _PRIVATE_BASETEMP:
+        shutil.rmtree(_PRIVATE_BASETEMP, ignore_errors=True)
+
+
 @dataclass(frozen=True)
 class TestServers:
     database_url: str
@@ -50,8 +67,7 @@ def servers() -> Iterator[TestServers]:
         return
     from audit_db_core.local import LocalServers
 
-    # Not under pytest's basetemp: every pytest session run as root resets /tmp/pytest-of-root to 0700, which
-    # would lock the unprivileged PostgreSQL user out of its running data directory mid-session.
+    # A directory of its own, whatever the basetemp (see pytest_configure).
     directory = Path(tempfile.mkdtemp(prefix="audit-test-servers-"))
     local = LocalServers(directory / "servers")
     try:

@@ -1,0 +1,225 @@
+"""Asset checks on ``audit_log_partition``: the state of the whole partitioned log, measured by the core.
+
+Severity: ``ERROR`` where data safety is at stake (an archive that no longer verifies, a registry the ledger does
+not account for), ``WARN`` for operational conditions nothing is lost by (missing future partitions — writes land
+in DEFAULT and are rescued —, rows waiting in DEFAULT, replica lag, Redis down — reads fall back to the primary).
+
+=======================  ========  ===========================================================================
+check                    severity  passes when
+=======================  ========  ===========================================================================
+premake_coverage         WARN      the current period and the next AUDIT_PARTITIONS__PREMAKE ones exist
+default_partition_empty  WARN      the DEFAULT partition holds no rows
+archives_verified        ERROR     every kept archive re-reads and matches the registry's count and digest
+replica_lag              WARN      every replica is reachable, a standby, and within AUDIT_REPLICAS__MAX_LAG_*
+redis_reachable          WARN      the cache's Redis answers PING (or none is configured)
+ledger_consistent        ERROR     the ledger records a successful create / archive / purge for each state
+=======================  ========  ===========================================================================
+
+Not here on purpose: a "circuit breakers closed" check. The core has no circuit breakers yet (they come with the
+resilience milestone); a check that always passed would claim a protection that does not exist.
+
+The checks are not partitioned: each looks at every partition at once, whichever partition was just materialized.
+A database that cannot be reached fails the check's step (the run fails and alerts), rather than being reported
+as a passed or failed check.
+"""
+
+
+from typing import Any
+
+import dagster as dg
+
+from audit_db_core import AuditError, ConfigurationError, ConnectionManager
+from audit_db_core.health import redis_status
+from audit_platform.assets import audit_log_partition, failure, md_table
+from audit_platform.resources import AuditDatabaseResource
+
+WARN = dg.AssetCheckSeverity.WARN
+ERROR = dg.AssetCheckSeverity.ERROR
+
+
+def _result(passed: bool, severity: dg.AssetCheckSeverity, description: str, **metadata: Any) -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=metadata)
+
+
+def _database_failure(check: str, exc: AuditError) -> dg.Failure:
+    return failure(f"check {check} could not run: {exc.message}", error_category=exc.category.value)
+
+
+@dg.asset_check(
+    asset=audit_log_partition,
+    description="The current period and the premake window's future periods have their partitions (WARN: without "
+    "them new rows land in DEFAULT until the partition is made).",
+)
+def premake_coverage(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
+    """Passes when the core's maintenance plan has nothing to create."""
+    try:
+        with audit_db.open() as db:
+            plan = db.partitions.plan()
+            premake = db.settings.partitions.premake
+    except AuditError as exc:
+        raise _database_failure("premake_coverage", exc) from None
+    missing = plan.of("create")
+    rows = [[a.partition, f"{a.start:%Y-%m-%d}", f"{a.end:%Y-%m-%d}"] for a in missing]
+    return _result(
+        not missing,
+        WARN,
+        f"{len(missing)} partition(s) of the premake window are missing: {', '.join(a.partition for a in missing)}"
+        if missing else f"the current period and the next {premake} exist",
+        premake=premake,
+        missing=len(missing),
+        missing_partitions=dg.MetadataValue.md(md_table(["partition", "start", "end"], rows)) if rows else "none",
+    )
+
+
+@dg.asset_check(
+    asset=audit_log_partition,
+    description="The DEFAULT partition is empty (WARN: rows there belong to periods without a partition; "
+    "partition_maintenance_job moves them into one).",
+)
+def default_partition_empty(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
+    """Passes when no row sits in DEFAULT; otherwise lists the rows per period."""
+    try:
+        with audit_db.open() as db:
+            ranges = db.partitions.default_ranges()
+    except AuditError as exc:
+        raise _database_failure("default_partition_empty", exc) from None
+    total = sum(n for _, n in ranges)
+    rows = [[b.name, f"{b.start:%Y-%m-%d}", f"{b.end:%Y-%m-%d}", n] for b, n in ranges]
+    return _result(
+        total == 0,
+        WARN,
+        "the DEFAULT partition is empty" if total == 0 else
+        f"{total} row(s) sit in the DEFAULT partition, for {len(ranges)} period(s); partition_maintenance_job "
+        "rescues them",
+        default_rows=total,
+        periods=len(ranges),
+        rows_per_period=dg.MetadataValue.md(md_table(["period", "start", "end", "rows"], rows)) if rows else "none",
+    )
+
+
+@dg.asset_check(
+    asset=audit_log_partition,
+    description="Every archive that is kept (archived partitions, and purged ones whose archive is retained) "
+    "re-reads completely and matches the registry's row count, content digest and manifest SHA-256 (ERROR). "
+    "Each verification is recorded in the lifecycle ledger.",
+)
+def archives_verified(context: dg.AssetCheckExecutionContext, audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
+    """Re-read every kept archive through the core (``PartitionManager.verify_archives``)."""
+    try:
+        with audit_db.open() as db:
+            try:
+                results = db.partitions.verify_archives(record=True, run_id=context.run.run_id)  # verifications are ledgered
+            except ConfigurationError as exc:
+                archived = [p.name for p in db.partitions.list_partitions() if p.state != "active"]
+                return _result(
+                    False, WARN,
+                    f"AUDIT_ARCHIVE__ROOT_URI not set: the archives of {len(archived)} partition(s) cannot be "
+                    f"verified ({exc.message})",
+                    archived_partitions=len(archived),
+                )
+    except AuditError as exc:
+        raise _database_failure("archives_verified", exc) from None
+    bad = [(name, problems) for name, problems in results if problems]
+    table = md_table(["partition", "result"], [[n, "; ".join(p) or "verified"] for n, p in results])
+    return _result(
+        not bad,
+        ERROR,
+        f"{len(results)} archive(s) verified" if not bad else
+        f"{len(bad)} of {len(results)} archive(s) do not verify: {', '.join(n for n, _ in bad)}",
+        archives=len(results),
+        failed=len(bad),
+        results=dg.MetadataValue.md(table) if results else "no archived partitions",
+    )
+
+
+@dg.asset_check(
+    asset=audit_log_partition,
+    description="Every read replica is reachable, replays the primary's WAL, and lags less than "
+    "AUDIT_REPLICAS__MAX_LAG_SECONDS (30 s) and AUDIT_REPLICAS__MAX_LAG_BYTES (64 MiB) (WARN: bounded reads "
+    "go to the primary meanwhile).",
+)
+def replica_lag(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
+    """Measure each replica's replay lag for real (``ConnectionManager.replica_status``)."""
+    try:
+        settings = audit_db.settings()
+    except AuditError as exc:
+        raise _database_failure("replica_lag", exc) from None
+    if not settings.replica_urls:
+        return _result(True, WARN, "no replicas configured", replicas=0, status="no replicas configured")
+    statuses = ConnectionManager(settings).replica_status()
+    bad = [s for s in statuses if not s.healthy]
+    rows = [[s.name, s.url, s.reachable, s.in_recovery, s.lag_bytes, s.lag_seconds, s.problem or "ok"]
+            for s in statuses]
+    metadata: dict[str, Any] = {
+        "replicas": len(statuses),
+        "unhealthy": len(bad),
+        "max_lag_bytes": settings.replicas.max_lag_bytes,
+        "max_lag_seconds": settings.replicas.max_lag_seconds,
+        "status": dg.MetadataValue.md(md_table(
+            ["replica", "url", "reachable", "in recovery", "lag bytes", "lag seconds", "problem"], rows)),
+    }
+    for s in statuses:
+        if s.lag_bytes is not None:
+            metadata[f"{s.name}_lag_bytes"] = s.lag_bytes
+        if s.lag_seconds is not None:
+            metadata[f"{s.name}_lag_seconds"] = s.lag_seconds
+    return _result(
+        not bad,
+        WARN,
+        f"{len(statuses)} replica(s) within the lag bounds" if not bad else
+        "; ".join(f"{s.name}: {s.problem}" for s in bad),
+        **metadata,
+    )
+
+
+@dg.asset_check(
+    asset=audit_log_partition,
+    description="The query cache's Redis answers PING within AUDIT_CACHE__REDIS_TIMEOUT_SECONDS (WARN: without it "
+    "queries skip the shared cache and go to the database). Passes when no Redis is configured.",
+)
+def redis_reachable(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
+    """PING Redis through the core (``health.redis_status``)."""
+    try:
+        settings = audit_db.settings()
+    except AuditError as exc:
+        raise _database_failure("redis_reachable", exc) from None
+    status = redis_status(settings)
+    if not status.configured:
+        return _result(True, WARN, "not configured (AUDIT_REDIS_URL unset)", status="not configured")
+    return _result(
+        bool(status.reachable),
+        WARN,
+        f"Redis answered PING in {status.latency_ms} ms" if status.reachable else f"Redis unreachable: {status.error}",
+        url=status.url or "",
+        latency_ms=status.latency_ms or 0.0,
+        timeout_seconds=settings.cache.redis_timeout_seconds,
+        status="reachable" if status.reachable else "unreachable",
+    )
+
+
+@dg.asset_check(
+    asset=audit_log_partition,
+    description="The lifecycle ledger accounts for every partition's state: a successful create for each "
+    "registered partition, archive for each archived or purged one, purge for each purged one (ERROR).",
+)
+def ledger_consistent(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
+    """Compare the registry with the ledger (``PartitionManager.ledger_consistency``)."""
+    try:
+        with audit_db.open() as db:
+            problems = db.partitions.ledger_consistency()
+            partitions = len(db.partitions.list_partitions())
+    except AuditError as exc:
+        raise _database_failure("ledger_consistent", exc) from None
+    return _result(
+        not problems,
+        ERROR,
+        f"the ledger accounts for all {partitions} registered partitions" if not problems else
+        f"{len(problems)} problem(s): " + "; ".join(problems[:5]) + (" …" if len(problems) > 5 else ""),
+        partitions=partitions,
+        problems=len(problems),
+        details=dg.MetadataValue.md("\n".join(f"- {p}" for p in problems)) if problems else "none",
+    )
+
+
+CHECKS = [premake_coverage, default_partition_empty, archives_verified, replica_lag, redis_reachable,
+          ledger_consistent]

@@ -1,0 +1,415 @@
+"""Jobs and schedules of the partition lifecycle (every schedule in UTC).
+
+=================================  ==================  ===========================================================
+job                                schedule            what it does (through ``audit_db_core``)
+=================================  ==================  ===========================================================
+``partition_maintenance_job``      daily 00:15         premake the current + next N partitions, then rescue DEFAULT
+``archive_job`` (asset job)        daily 01:00         archive each period the maintenance plan lists (past the
+                                                       active window) — one run per period
+``retention_purge_job``            daily 02:00         retention purge; a dry run unless
+                                                       ``AUDIT_PLATFORM_PURGE_EXECUTE=true``
+``index_maintenance_job``          Monday 03:00        ANALYZE / BRIN summarize / REINDEX bloated indexes
+``health_check_job``               every 5 minutes     the core health report; the run fails when unhealthy
+=================================  ==================  ===========================================================
+
+Schedules start RUNNING when the code location loads, unless ``AUDIT_PLATFORM_SCHEDULES_ENABLED=false`` (read
+once, at load). ``AUDIT_PLATFORM_PURGE_EXECUTE`` is read at each purge tick, so turning it on or off needs no
+reload. Both accept ``true`` / ``false`` (any case); another value is a configuration error, never a guess.
+
+Every op reports what it did as output metadata (Markdown tables) and passes the Dagster run id to the core,
+which records it in the lifecycle ledger.
+"""
+
+
+import datetime as dt
+import os
+from collections import Counter
+from typing import TYPE_CHECKING, Any
+
+import dagster as dg
+from pydantic import Field
+
+from audit_db_core import AuditError, ConfigurationError
+from audit_db_core.partitions import CreateResult
+from audit_platform.assets import audit_log_archive, failure, md_table
+from audit_platform.partitions import PARTITIONS, key_for_period
+from audit_platform.resources import AuditDatabaseResource
+
+if TYPE_CHECKING:
+    from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
+
+TIMEZONE = "UTC"
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A boolean environment variable: ``true`` / ``false`` in any case; unset or empty gives ``default``.
+    Anything else raises :class:`ConfigurationError` naming the variable."""
+    raw = os.environ.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("true", "false"):
+        return raw == "true"
+    raise ConfigurationError("settings", [(name, "must be true or false")])
+
+
+#: Whether schedules start RUNNING (``AUDIT_PLATFORM_SCHEDULES_ENABLED``, read when the code location loads).
+SCHEDULES_ENABLED = env_flag("AUDIT_PLATFORM_SCHEDULES_ENABLED", True)
+DEFAULT_STATUS = dg.DefaultScheduleStatus.RUNNING if SCHEDULES_ENABLED else dg.DefaultScheduleStatus.STOPPED
+
+
+def purge_executes() -> bool:
+    """Whether the scheduled purge really drops partitions (``AUDIT_PLATFORM_PURGE_EXECUTE=true``), read now."""
+    return env_flag("AUDIT_PLATFORM_PURGE_EXECUTE", False)
+
+
+def _report_partitions(context: dg.OpExecutionContext, results: list[CreateResult]) -> None:
+    """Partitions an op created are materializations of ``audit_log_partition``: say so, so the asset's status in
+    the UI matches the database."""
+    keys = set(PARTITIONS.get_partition_keys())
+    for r in results:
+        key = key_for_period(r.partition.start)
+        if r.created and key in keys:
+            context.log_event(dg.AssetMaterialization(
+                asset_key="audit_log_partition", partition=key,
+                metadata={"partition": r.name, "created": True, "rescued_rows": r.rescued_rows,
+                          "duration_ms": r.duration_ms, "by": context.job_name},
+            ))
+
+
+def _create_table(results: list[CreateResult]) -> str:
+    return md_table(
+        ["partition", "start", "end", "created", "rescued rows", "ms"],
+        [[r.name, f"{r.partition.start:%Y-%m-%d}", f"{r.partition.end:%Y-%m-%d}", "yes" if r.created else "existed",
+          r.rescued_rows, r.duration_ms] for r in results],
+    )
+
+
+# -- partition maintenance ------------------------------------------------------------------------------------------
+
+
+@dg.op(description="Make sure the current period and the next AUDIT_PARTITIONS__PREMAKE periods have partitions.")
+def premake_partitions(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[list[str]]:
+    """``PartitionManager.premake``: idempotent; creating a partition also moves its DEFAULT rows into it."""
+    try:
+        with audit_db.open() as db:
+            results = db.partitions.premake(run_id=context.run_id)
+    except AuditError as exc:
+        raise failure(f"premake failed: {exc.message}", error_category=exc.category.value) from None
+    created = [r for r in results if r.created]
+    context.log.info(
+        f"premake: {len(created)} created ({', '.join(r.name for r in created) or 'none'}), "
+        f"{len(results) - len(created)} existed; {sum(r.rescued_rows for r in results)} rows rescued from DEFAULT"
+    )
+    _report_partitions(context, results)
+    return dg.Output(
+        [r.name for r in created],
+        metadata={
+            "created": len(created),
+            "existing": len(results) - len(created),
+            "rescued_rows": sum(r.rescued_rows for r in results),
+            "partitions": dg.MetadataValue.md(_create_table(results)),
+        },
+    )
+
+
+@dg.op(
+    ins={"after_premake": dg.In(dg.Nothing)},
+    description="Give every period that has rows in the DEFAULT partition its partition, moving the rows in.",
+)
+def rescue_default_rows(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[list[str]]:
+    """``PartitionManager.rescue_default``; rows of archived-and-detached periods stay and are reported."""
+    try:
+        with audit_db.open() as db:
+            pm = db.partitions
+            before = pm.default_ranges()
+            results = pm.rescue_default(run_id=context.run_id)
+            left = pm.default_ranges()
+    except AuditError as exc:
+        raise failure(f"rescue of DEFAULT rows failed: {exc.message}", error_category=exc.category.value) from None
+    rescued = sum(r.rescued_rows for r in results)
+    left_rows = sum(n for _, n in left)
+    context.log.info(
+        f"DEFAULT held {sum(n for _, n in before)} rows for {len(before)} period(s); {rescued} rescued into "
+        f"{len(results)} partition(s); {left_rows} left"
+    )
+    if left_rows:
+        context.log.warning(
+            f"{left_rows} rows stay in DEFAULT: their periods' partitions are archived and cannot take rows "
+            f"({', '.join(b.name for b, _ in left)})"
+        )
+    _report_partitions(context, results)
+    return dg.Output(
+        [r.name for r in results],
+        metadata={
+            "default_rows_before": sum(n for _, n in before),
+            "rescued_rows": rescued,
+            "default_rows_after": left_rows,
+            "partitions": dg.MetadataValue.md(_create_table(results)) if results else "none",
+            "left_in_default": dg.MetadataValue.md(
+                md_table(["period", "rows"], [[b.name, n] for b, n in left])) if left else "none",
+        },
+    )
+
+
+@dg.job(
+    description="Premake the partitions of the current and next periods, then rescue rows from DEFAULT.",
+    tags={"audit/lifecycle": "creation"},
+)
+def partition_maintenance_job() -> None:
+    """premake_partitions → rescue_default_rows."""
+    rescue_default_rows(after_premake=premake_partitions())
+
+
+partition_maintenance_schedule = dg.ScheduleDefinition(
+    name="partition_maintenance_schedule",
+    job=partition_maintenance_job,
+    cron_schedule="15 0 * * *",
+    execution_timezone=TIMEZONE,
+    default_status=DEFAULT_STATUS,
+    description="Daily at 00:15 UTC: premake partitions and rescue DEFAULT rows.",
+)
+
+
+# -- archival -------------------------------------------------------------------------------------------------------
+
+archive_job = dg.define_asset_job(
+    "archive_job",
+    selection=[audit_log_archive],
+    description="Archive partitions of audit_log (one period per run from the schedule; ranges from backfills).",
+    tags={"audit/lifecycle": "archival"},
+)
+
+
+@dg.schedule(
+    name="archive_schedule",
+    job=archive_job,
+    cron_schedule="0 1 * * *",
+    execution_timezone=TIMEZONE,
+    default_status=DEFAULT_STATUS,
+    description="Daily at 01:00 UTC: one archive run per partition the maintenance plan lists for archival (active "
+    "partitions past the active window) — never a period inside the window.",
+)
+def archive_schedule(
+    context: dg.ScheduleEvaluationContext, audit_db: AuditDatabaseResource
+) -> list[dg.RunRequest] | dg.SkipReason:
+    """RunRequests for exactly the periods ``plan(now).of("archive")`` lists, or a SkipReason."""
+    now = context.scheduled_execution_time or dt.datetime.now(dt.UTC)
+    now = now.astimezone(dt.UTC)
+    with audit_db.open() as db:
+        actions = db.partitions.plan(now).of("archive")
+    known = set(PARTITIONS.get_partition_keys(current_time=now))
+    requests, outside = [], []
+    for action in actions:
+        key = key_for_period(action.start)
+        if key not in known:
+            outside.append(action.partition)
+            continue
+        requests.append(dg.RunRequest(
+            partition_key=key,
+            run_key=f"archive:{key}:{now:%Y-%m-%d}",
+            tags={"audit/partition": action.partition},
+        ))
+    if outside:
+        context.log.warning(
+            f"{len(outside)} partition(s) due for archival lie before AUDIT_PARTITIONS__HISTORY_START and have no "
+            f"Dagster partition: {', '.join(outside)} (archive them with `audit-platform partitions archive`)"
+        )
+    if not requests:
+        return dg.SkipReason(
+            f"nothing to archive at {now:%Y-%m-%d %H:%M} UTC: no active partition has left the active window"
+            + (f" within the Dagster partitions ({len(outside)} older ones need the CLI)" if outside else "")
+        )
+    return requests
+
+
+# -- retention purge ------------------------------------------------------------------------------------------------
+
+
+class PurgeConfig(dg.Config):  # type: ignore[misc]
+    """Run config of ``retention_purge``: a dry run unless ``dry_run`` is false."""
+
+    dry_run: bool = Field(
+        default=True,
+        description="report what would be purged and why, change nothing (the default); false drops partitions "
+        "past retention whose archive verifies and that are not on legal hold",
+    )
+
+
+@dg.op(description="Retention purge: drop partitions past retention (archive re-verified, no legal hold), delete "
+                   "archives past the archive retention. A dry run by default.")
+def retention_purge(
+    context: dg.OpExecutionContext, config: PurgeConfig, audit_db: AuditDatabaseResource
+) -> dg.Output[dict[str, Any]]:
+    """``PartitionManager.purge``; the decisions (purge / keep / delete_archive, and why) as a Markdown table."""
+    try:
+        with audit_db.open() as db:
+            report = db.partitions.purge(dry_run=config.dry_run, run_id=context.run_id)
+    except AuditError as exc:
+        raise failure(f"retention purge failed: {exc.message}", error_category=exc.category.value) from None
+    counts = Counter(d.action for d in report.decisions)
+    verb = "would" if report.dry_run else "did"
+    context.log.info(
+        f"retention purge ({'dry run' if report.dry_run else 'executed'}): {verb} purge "
+        f"{counts.get('purge', 0)}, {verb} delete {counts.get('delete_archive', 0)} archive(s), keep "
+        f"{counts.get('keep', 0)}"
+    )
+    table = md_table(
+        ["partition", "action", "reason", "range", "retained until", "rows"],
+        [[d.partition, d.action, d.reason, f"{d.range_start:%Y-%m-%d} – {d.range_end:%Y-%m-%d}",
+          f"{d.retained_until:%Y-%m-%d}" if d.retained_until else "", d.rows] for d in report.decisions],
+    )
+    summary = {"dry_run": report.dry_run, "purged": report.purged, "archives_deleted": report.archives_deleted,
+               **{f"decisions_{k}": v for k, v in counts.items()}}
+    return dg.Output(
+        summary,
+        metadata={
+            "dry_run": report.dry_run,
+            "purge": counts.get("purge", 0),
+            "delete_archive": counts.get("delete_archive", 0),
+            "keep": counts.get("keep", 0),
+            "purged": ", ".join(report.purged) or "none",
+            "archives_deleted": ", ".join(report.archives_deleted) or "none",
+            "decisions": dg.MetadataValue.md(table) if report.decisions else "no partitions",
+        },
+    )
+
+
+@dg.job(description="Retention purge (run config ops.retention_purge.config.dry_run, true by default).",
+        tags={"audit/lifecycle": "cleanup"})
+def retention_purge_job() -> None:
+    """retention_purge."""
+    retention_purge()
+
+
+def purge_run_config(execute: bool) -> dict[str, Any]:
+    """The run config of ``retention_purge_job``: ``dry_run`` false only when ``execute``."""
+    return {"ops": {"retention_purge": {"config": {"dry_run": not execute}}}}
+
+
+@dg.schedule(
+    name="retention_purge_schedule",
+    job=retention_purge_job,
+    cron_schedule="0 2 * * *",
+    execution_timezone=TIMEZONE,
+    default_status=DEFAULT_STATUS,
+    description="Daily at 02:00 UTC: retention purge — a dry run unless AUDIT_PLATFORM_PURGE_EXECUTE=true.",
+)
+def retention_purge_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """One run; ``dry_run`` is false only when ``AUDIT_PLATFORM_PURGE_EXECUTE=true`` at this tick."""
+    execute = purge_executes()
+    return dg.RunRequest(run_config=purge_run_config(execute), tags={"audit/dry_run": str(not execute).lower()})
+
+
+# -- index maintenance ----------------------------------------------------------------------------------------------
+
+
+@dg.op(description="ANALYZE stale partitions, summarize new BRIN ranges, REINDEX CONCURRENTLY bloated B-trees.")
+def optimize_indexes(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[dict[str, Any]]:
+    """``PartitionManager.optimize``; every step (partition, action, index, duration) as a Markdown table."""
+    try:
+        with audit_db.open() as db:
+            report = db.partitions.optimize(run_id=context.run_id)
+    except AuditError as exc:
+        raise failure(f"index maintenance failed: {exc.message}", error_category=exc.category.value) from None
+    counts = Counter(s.action for s in report.steps)
+    context.log.info(f"optimize: {dict(counts)}; bloat check: {report.bloat_check}")
+    table = md_table(["partition", "action", "target", "ms", "detail"],
+                     [[s.partition, s.action, s.target, s.duration_ms, s.detail] for s in report.steps])
+    return dg.Output(
+        dict(counts),
+        metadata={
+            "partitions": len({s.partition for s in report.steps}),
+            "analyze": counts.get("analyze", 0),
+            "brin_summarize": counts.get("brin_summarize", 0),
+            "reindex": counts.get("reindex", 0),
+            "bloat_check": report.bloat_check,
+            "steps": dg.MetadataValue.md(table) if report.steps else "no active partitions",
+        },
+    )
+
+
+@dg.job(description="Index and statistics maintenance of the active partitions.",
+        tags={"audit/lifecycle": "maintenance"})
+def index_maintenance_job() -> None:
+    """optimize_indexes."""
+    optimize_indexes()
+
+
+index_maintenance_schedule = dg.ScheduleDefinition(
+    name="index_maintenance_schedule",
+    job=index_maintenance_job,
+    cron_schedule="0 3 * * 1",
+    execution_timezone=TIMEZONE,
+    default_status=DEFAULT_STATUS,
+    description="Weekly, Monday 03:00 UTC: index and statistics maintenance.",
+)
+
+
+# -- health ---------------------------------------------------------------------------------------------------------
+
+
+@dg.op(description="The core health report (primary, schema, replicas and their lag, Redis, pools); fails the run "
+                   "when anything is unhealthy.")
+def health_report(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[str]:
+    """``AuditDatabase.health()``; an unreachable primary or a schema behind the package fails the step; a lagging
+    replica or an unreachable Redis only degrades it (logged as a warning)."""
+    try:
+        with audit_db.open() as db:
+            report = db.health()
+    except AuditError as exc:
+        raise failure(
+            f"unhealthy: {exc.message}", component="primary", error_category=exc.category.value
+        ) from None
+    table = md_table(
+        ["component", "healthy", "error"],
+        [[name, "yes" if c.healthy else "NO", c.error or ""] for name, c in report.components.items()],
+    )
+    metadata: dict[str, Any] = {
+        "status": report.status,
+        "schema_version": report.schema_version if report.schema_version is not None else -1,
+        "components": dg.MetadataValue.md(table),
+        "report": dg.MetadataValue.json(report.to_dict()),
+    }
+    if not report.healthy:
+        bad = [f"{name}: {c.error or 'unhealthy'}" for name, c in report.components.items()
+               if not c.healthy and c.critical]
+        raise failure("unhealthy: " + "; ".join(bad), **metadata)
+    if report.degraded:  # replicas / Redis: the library fails over or bypasses; the WARN checks surface it
+        weak = [f"{name}: {c.error}" for name, c in report.components.items() if not c.healthy]
+        context.log.warning("degraded: " + "; ".join(weak))
+    else:
+        context.log.info(f"healthy: {', '.join(report.components)}")
+    return dg.Output(report.status, metadata=metadata)
+
+
+@dg.job(description="Run the core health report; the run fails (and alerts) when a component is unhealthy.",
+        tags={"audit/lifecycle": "health"})
+def health_check_job() -> None:
+    """health_report."""
+    health_report()
+
+
+health_check_schedule = dg.ScheduleDefinition(
+    name="health_check_schedule",
+    job=health_check_job,
+    cron_schedule="*/5 * * * *",
+    execution_timezone=TIMEZONE,
+    default_status=DEFAULT_STATUS,
+    description="Every 5 minutes: the health report.",
+)
+
+
+JOBS: "list[dg.JobDefinition | UnresolvedAssetJobDefinition]" = [
+    partition_maintenance_job,
+    archive_job,
+    retention_purge_job,
+    index_maintenance_job,
+    health_check_job,
+]
+SCHEDULES: list[dg.ScheduleDefinition] = [
+    partition_maintenance_schedule,
+    archive_schedule,
+    retention_purge_schedule,
+    index_maintenance_schedule,
+    health_check_schedule,
+]
