@@ -1,6 +1,8 @@
 """``audit-platform``: the command line.
 
-    audit-platform dev [--dir PATH] [--demo-events N]   local servers + migrations + demo data, until Ctrl-C
+    audit-platform dev [--port N] [--dir PATH] [--host H] [--demo-events N]
+                                                        local servers + migrations + demo data + Dagster UI,
+                                                        until Ctrl-C
     audit-platform local up|down|status [--dir PATH]    local PostgreSQL primary + replica + Redis
     audit-platform migrate                              apply migrations (settings from AUDIT_* variables)
     audit-platform demo [--events N]                    write sample events
@@ -110,53 +112,158 @@ def cmd_health(args: argparse.Namespace) -> int:
     else:
         print(f"status: {report['status']}")
         for name, comp in report["components"].items():
-            mark = "ok  " if comp["healthy"] else "FAIL"
+            mark = "ok  " if comp["healthy"] else "FAIL" if comp.get("critical", True) else "WARN"
             print(f"  {mark} {name} {comp.get('error') or ''}".rstrip())
-    return 0 if report["status"] == "healthy" else 1
+    return 1 if report["status"] == "unhealthy" else 0  # degraded: the library works around it
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    """Start (or reuse) the servers, migrate, seed demo data, and keep running until Ctrl-C / SIGTERM."""
+    """Servers, migrations, demo data, Dagster's home; then ``dagster dev`` until Ctrl-C / SIGTERM / its exit.
+
+    Without ``AUDIT_DATABASE_URL`` the local servers of ``--dir`` are started (or reused when they already run).
+    On the way out ``dagster dev``'s whole process group is stopped, then the servers this command started; servers
+    that were already running are left running.
+    """
     from audit_db_core.config import AuditSettings
+    from audit_db_core.dagster_home import (
+        STORAGE_URL_ENV,
+        DagsterDev,
+        ensure_database,
+        port_is_free,
+        repository_root,
+        storage_url,
+        workspace_file,
+        write_dagster_home,
+    )
     from audit_db_core.database import AuditDatabase
     from audit_db_core.demo import demo_events
+    from audit_db_core.errors import redact
     from audit_db_core.local import LocalServers
     from audit_db_core.query import AuditQuery
 
-    servers = None
-    if not os.environ.get("AUDIT_DATABASE_URL"):
-        servers = LocalServers(Path(args.dir))
-        ep = servers.up()
-        os.environ.update(
-            AUDIT_DATABASE_URL=ep.database_url,
-            AUDIT_REPLICA_URLS=",".join(ep.replica_urls),
-            AUDIT_REDIS_URL=ep.redis_url,
-        )
+    directory = Path(args.dir).expanduser().resolve()
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    stopping_signal: list[int] = []
+
+    def interrupt_setup(signum: int, _frame: Any) -> None:
+        stopping_signal.append(signum)
+        raise KeyboardInterrupt  # unwinds through the finally below, which stops what was started
+
+    def request_stop(signum: int, _frame: Any) -> None:
+        stopping_signal.append(signum)
+        stop.set()
+
+    previous = {sig: signal.signal(sig, interrupt_setup) for sig in (signal.SIGINT, signal.SIGTERM)}
+    servers: LocalServers | None = None
+    started: list[str] = []
+    dagster: DagsterDev | None = None
+    exit_code = 0
     try:
+        if not args.exit_after_setup and not port_is_free(args.host, args.port):
+            raise ConfigurationError("arguments", [("--port", f"{args.host}:{args.port} is already in use")])
+        if not os.environ.get("AUDIT_DATABASE_URL"):
+            servers = LocalServers(directory)
+            running_before = {name for name, info in servers.status().items() if info["running"]}
+            ep = servers.up()
+            started = [name for name in servers.status() if name not in running_before]
+            os.environ.update(
+                AUDIT_DATABASE_URL=ep.database_url,
+                AUDIT_REPLICA_URLS=",".join(ep.replica_urls),
+                AUDIT_REDIS_URL=ep.redis_url,
+            )
+        archive_dir = directory / "archive"
+        if not os.environ.get("AUDIT_ARCHIVE__ROOT_URI"):
+            archive_dir.mkdir(parents=True, exist_ok=True)
+            os.environ["AUDIT_ARCHIVE__ROOT_URI"] = archive_dir.as_uri()
+        ui_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        ui_url = f"http://{ui_host}:{args.port}"
+        os.environ.setdefault("AUDIT_UI_BASE_URL", ui_url)
+
         settings = AuditSettings()
         with AuditDatabase(settings) as db:
             result = db.migrate()
-            written = db.insert_many(demo_events(args.demo_events)) if args.demo_events else 0
+            stored = db.count(AuditQuery())
+            written = 0
+            if args.demo_events and stored == 0:  # only into an empty log: restarts do not pile up demo data
+                written = db.insert_many(demo_events(args.demo_events))
             total = db.count(AuditQuery())
+        database_url = settings.database_url.get_secret_value()
+        if servers is not None or not os.environ.get(STORAGE_URL_ENV):
+            # Dagster's storage goes next to the audit log unless the caller named its own (e.g. a server where
+            # the audit role may not create databases).
+            ensure_database(database_url)
+            os.environ[STORAGE_URL_ENV] = storage_url(database_url)
+        dagster_home = write_dagster_home(directory / "dagster_home")
+        os.environ["DAGSTER_HOME"] = str(dagster_home)
+
         print("audit platform (development) is up", flush=True)
         print(f"  AUDIT_DATABASE_URL={settings.display_database_url}")
         print(f"  AUDIT_REPLICA_URLS={','.join(settings.display_replica_urls)}")
         print(f"  AUDIT_REDIS_URL={settings.display_redis_url or ''}")
-        print(f"  schema version {result.schema_version}; {written} demo events written; {total} events stored")
+        print(f"  AUDIT_ARCHIVE__ROOT_URI={os.environ['AUDIT_ARCHIVE__ROOT_URI']}")
+        print(f"  {STORAGE_URL_ENV}={redact(os.environ[STORAGE_URL_ENV])} (Dagster's storage)")
+        print(f"  DAGSTER_HOME={dagster_home}")
+        print(f"  schema version {result.schema_version}; {written} demo events written; {total} events stored"
+              + (" (demo data goes only into an empty audit log)" if args.demo_events and not written else ""))
         if servers is not None:
-            print(f"  data in {Path(args.dir).resolve()} (kept between runs)")
-        print("Press Ctrl-C to stop.", flush=True)
+            reused = [name for name, info in servers.status().items() if info["running"] and name not in started]
+            print(f"  local servers in {directory} (data kept between runs)"
+                  + (f"; reused, left running on exit: {', '.join(reused)}" if reused else ""))
         if args.exit_after_setup:
             return 0
-        stop.wait()
-        return 0
+
+        workspace = Path(args.workspace).resolve() if args.workspace else workspace_file(dagster_home)
+        # workspace.yaml's `working_directory: .` is relative to the current directory of dagster dev.
+        cwd = repository_root() if workspace == repository_root() / "workspace.yaml" else workspace.parent
+        # Signals wait (blocked) while dagster starts, so none can orphan it between Popen and `dagster = ...`;
+        # the child unblocks them and resets them to SIG_DFL before exec.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            dagster = DagsterDev.start(workspace, host=args.host, port=args.port, env=os.environ, cwd=cwd)
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, request_stop)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        print(f"  Dagster UI: {ui_url}  (dagster dev pid {dagster.pgid}, process group {dagster.pgid}, "
+              f"workspace {workspace})")
+        print("Press Ctrl-C to stop.", flush=True)
+        while not stop.wait(0.5):
+            if not dagster.running():
+                exit_code = dagster.process.returncode or 1
+                _print_err(f"dagster dev exited with code {dagster.process.returncode}")
+                break
+        return exit_code
+    except KeyboardInterrupt:
+        return 130 if not stopping_signal or stopping_signal[0] == signal.SIGINT else 143
     finally:
-        if servers is not None:
-            servers.down()
-            print("local servers stopped", file=sys.stderr)
+        # A second Ctrl-C must not cut the cleanup short.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, request_stop)
+        try:
+            if dagster is not None:
+                print("stopping dagster dev ...", file=sys.stderr, flush=True)
+                killed = dagster.stop(timeout=20.0)
+                print("dagster dev stopped" + (f" (SIGKILL for {killed})" if killed else ""), file=sys.stderr)
+        finally:
+            try:
+                if servers is not None:
+                    _stop_started_servers(servers, started, args.dir)
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+
+def _stop_started_servers(servers: Any, started: list[str], dir_arg: str) -> None:
+    """Stop the local servers ``audit-platform dev`` started; leave (and name) those that ran before it."""
+    for component in ("replica", "primary", "redis"):  # LocalServers' stop order
+        if component in started:
+            servers.stop(component)
+    if started:
+        print(f"local servers stopped: {', '.join(started)}", file=sys.stderr)
+    left = [name for name, info in servers.status().items() if info["running"]]
+    if left:
+        print(f"left running (they were running before): {', '.join(left)}; "
+              f"stop them with: audit-platform local down --dir {dir_arg}", file=sys.stderr)
 
 
 # -- partitions ----------------------------------------------------------------------------------------------------
@@ -272,9 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    dev = sub.add_parser("dev", help="run the platform locally (servers, migrations, demo data) until Ctrl-C")
+    dev = sub.add_parser(
+        "dev", help="run the platform locally: servers, migrations, demo data and the Dagster UI, until Ctrl-C"
+    )
     dev.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory of the local servers (default {DEFAULT_DIR})")
-    dev.add_argument("--demo-events", type=int, default=1000, help="sample events to write at start (0: none)")
+    dev.add_argument("--port", type=int, default=3000, help="port of the Dagster UI (default 3000)")
+    dev.add_argument("--host", default="127.0.0.1", help="address the Dagster UI listens on (default 127.0.0.1)")
+    dev.add_argument("--demo-events", type=int, default=1000,
+                     help="sample events to write when the audit log is empty (0: none)")
+    dev.add_argument("--workspace", help=argparse.SUPPRESS)  # another workspace.yaml (debugging the dev loop)
     dev.add_argument("--exit-after-setup", action="store_true", help=argparse.SUPPRESS)
     dev.set_defaults(func=cmd_dev)
 

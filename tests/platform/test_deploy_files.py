@@ -1,0 +1,333 @@
+"""The deployment files are valid and wired together: docker-compose.yml, Dockerfile, workspace.yaml, dagster.yaml.
+
+With a working ``docker compose`` (or a v1 ``docker-compose``) the compose file is resolved and validated by its
+``config`` command, which needs no Docker engine; otherwise it is parsed with PyYAML and interpolated here the way
+Compose does (``${VAR:-default}``, ``${VAR:?error}``, ``$$``). The same structural checks run on either. Both instance files are also validated against Dagster's own config schema.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from audit_db_core.dagster_home import STORAGE_URL_ENV, dagster_yaml, storage_url, write_dagster_home
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yml"
+
+#: What an operator must provide (docker/env.example lists them).
+SECRETS = {
+    "POSTGRES_PASSWORD": "pw-audit",
+    "REPLICATION_PASSWORD": "pw-repl",
+    "DAGSTER_PG_PASSWORD": "pw-dagster",
+}
+DAGSTER_SERVICES = ("code-location", "dagster-webserver", "dagster-daemon")
+DAGSTER_PG_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
+AUDIT_VARS = ("AUDIT_DATABASE_URL", "AUDIT_REPLICA_URLS", "AUDIT_REDIS_URL", "AUDIT_ARCHIVE__ROOT_URI",
+              "AUDIT_ALERT_WEBHOOK_URL", "AUDIT_UI_BASE_URL")
+
+
+# -- resolving the compose file ------------------------------------------------------------------------------------
+
+
+def _compose_command() -> list[str] | None:
+    """``docker compose`` (v2) when it answers, else a v1 ``docker-compose``, else None (parse the YAML here)."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        try:
+            out = subprocess.run([*command, "version"], capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            continue
+        if out.returncode == 0:
+            return command
+    return None
+
+
+COMPOSE_COMMAND = _compose_command()
+_VAR = re.compile(r"\$\$|\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}|\$(?P<bare>[A-Za-z_]\w*)")
+
+
+class MissingVariable(ValueError):
+    pass
+
+
+def interpolate(value: Any, env: dict[str, str]) -> Any:
+    """Compose's variable interpolation, for the fallback when no ``docker compose`` is available."""
+    if isinstance(value, dict):
+        return {k: interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def replace(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group("name") or m.group("bare")
+        op, arg = m.group("op"), m.group("arg") or ""
+        current = env.get(name)
+        unset = current is None or (current == "" and op is not None and op.startswith(":"))
+        if op in (":-", "-") and unset:
+            return arg
+        if op in (":?", "?") and unset:
+            raise MissingVariable(f"{name}: {arg}")
+        return current or ""
+
+    return _VAR.sub(replace, value)
+
+
+def _normalise(config: dict[str, Any]) -> dict[str, Any]:
+    """Bring the YAML file into `docker compose config`'s shape: env as mappings, depends_on as mappings."""
+    for service in config["services"].values():
+        env = service.get("environment") or {}
+        if isinstance(env, list):
+            env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+        service["environment"] = {k: "" if v is None else str(v) for k, v in env.items()}
+        deps = service.get("depends_on") or {}
+        if isinstance(deps, list):
+            deps = {name: {"condition": "service_started"} for name in deps}
+        service["depends_on"] = deps
+    return config
+
+
+def resolve_compose(env: dict[str, str]) -> dict[str, Any]:
+    if COMPOSE_COMMAND is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            # An empty --env-file: an operator's .env next to the compose file must not fill in what a test omits.
+            empty_env_file = Path(tmp) / "empty.env"
+            empty_env_file.write_text("")
+            out = subprocess.run(
+                [*COMPOSE_COMMAND, "-f", str(COMPOSE), "--env-file", str(empty_env_file), "config"],
+                capture_output=True, text=True, timeout=60, cwd=REPO,
+                env={**{k: v for k, v in os.environ.items() if k not in SECRETS}, **env},
+            )
+        if out.returncode != 0:
+            raise MissingVariable(out.stderr)
+        return _normalise(yaml.safe_load(out.stdout))  # both compose versions print YAML by default
+    raw = yaml.safe_load(COMPOSE.read_text())  # PyYAML resolves the <<: merge keys
+    return _normalise(interpolate(raw, env))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return resolve_compose(dict(SECRETS))
+
+
+def _command(service: dict[str, Any]) -> list[str]:
+    command = service.get("command") or []
+    return shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+
+
+def _option(command: list[str], *names: str) -> str:
+    for i, word in enumerate(command[:-1]):
+        if word in names:
+            return command[i + 1]
+    raise AssertionError(f"none of {names} in {command}")
+
+
+# -- docker-compose.yml --------------------------------------------------------------------------------------------
+
+
+def test_compose_has_every_service_and_each_one_an_image_or_a_build(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"postgres", "postgres-replica", "redis", *DAGSTER_SERVICES} <= set(services)
+    for name, service in services.items():
+        assert service.get("image") or service.get("build"), f"{name}: neither image nor build"
+    assert services["postgres"]["image"].startswith("postgres:16")
+    assert services["postgres-replica"]["image"] == services["postgres"]["image"]  # base backups need one version
+    for name in DAGSTER_SERVICES:
+        assert services[name].get("build"), f"{name} must be built from this repository"
+
+
+def test_compose_dependencies_exist_and_wait_for_health(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for dep, spec in service["depends_on"].items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            if "healthcheck" in services[dep]:
+                assert spec.get("condition") == "service_healthy", f"{name} should wait until {dep} is healthy"
+    assert "postgres" in services["postgres-replica"]["depends_on"]
+    for name in ("dagster-webserver", "dagster-daemon"):
+        assert "code-location" in services[name]["depends_on"]
+    assert {"postgres", "postgres-replica", "redis"} <= set(services["code-location"]["depends_on"])
+
+
+def test_compose_services_have_healthchecks_and_declared_volumes(compose: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    for name, service in compose["services"].items():
+        assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+        for volume in service.get("volumes") or []:
+            if isinstance(volume, dict):
+                source, kind = volume.get("source"), volume.get("type")
+            else:
+                source = str(volume).split(":", 1)[0]
+                kind = "bind" if source.startswith((".", "/")) else "volume"
+            if kind == "volume":
+                assert source in declared, f"{name}: volume {source} is not declared"
+            else:
+                assert (REPO / source).resolve().exists() or Path(source).exists(), f"{name}: {source} missing"
+    assert any("/var/lib/postgresql/data" in str(v) for v in compose["services"]["postgres"]["volumes"])
+    assert any("/var/lib/postgresql/data" in str(v) for v in compose["services"]["postgres-replica"]["volumes"])
+
+
+def test_compose_environment_wires_the_services_together(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    code_env = services["code-location"]["environment"]
+    for var in AUDIT_VARS:
+        assert var in code_env, f"code-location lacks {var}"
+    for name in DAGSTER_SERVICES:
+        for var in DAGSTER_PG_VARS:
+            assert services[name]["environment"].get(var) is not None, f"{name} lacks {var}"
+        assert services[name]["environment"]["DAGSTER_PG_HOST"] == "postgres"
+    primary = urlsplit(code_env["AUDIT_DATABASE_URL"])
+    replica = urlsplit(code_env["AUDIT_REPLICA_URLS"].split(",")[0])
+    redis = urlsplit(code_env["AUDIT_REDIS_URL"])
+    assert (primary.hostname, replica.hostname, redis.hostname) == ("postgres", "postgres-replica", "redis")
+    assert primary.password == SECRETS["POSTGRES_PASSWORD"]
+    assert code_env["AUDIT_ARCHIVE__ROOT_URI"].startswith("file:///")
+    archive_path = urlsplit(code_env["AUDIT_ARCHIVE__ROOT_URI"]).path
+    assert any(archive_path in str(v) for v in services["code-location"]["volumes"]), "archive not on a volume"
+    pg_env = services["postgres"]["environment"]
+    assert pg_env["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
+    assert pg_env["REPLICATION_PASSWORD"] == services["postgres-replica"]["environment"]["REPLICATION_PASSWORD"]
+    assert pg_env["DAGSTER_PG_DB"] == services["dagster-daemon"]["environment"]["DAGSTER_PG_DB"]
+    # The primary must allow streaming replication.
+    assert "wal_level=replica" in _command(services["postgres"])
+
+
+def test_compose_refuses_to_start_without_the_passwords() -> None:
+    with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD|DAGSTER_PG_PASSWORD|REPLICATION_PASSWORD"):
+        resolve_compose({})
+
+
+def test_code_location_serves_the_definitions_module_over_grpc(compose: dict[str, Any]) -> None:
+    command = _command(compose["services"]["code-location"])
+    assert command[:3] == ["dagster", "api", "grpc"], command
+    assert _option(command, "-m", "--module-name") == "audit_platform.definitions"
+    assert _option(command, "-h", "--host") == "0.0.0.0"
+    port = int(_option(command, "-p", "--port"))
+    health = " ".join(str(t) for t in compose["services"]["code-location"]["healthcheck"]["test"])
+    assert "grpc-health-check" in health and str(port) in health
+
+
+def test_webserver_and_daemon_load_the_code_location_server(compose: dict[str, Any]) -> None:
+    code_port = int(_option(_command(compose["services"]["code-location"]), "-p", "--port"))
+    dockerfile = (REPO / "Dockerfile").read_text()
+    for name, program in (("dagster-webserver", "dagster-webserver"), ("dagster-daemon", "dagster-daemon")):
+        command = _command(compose["services"][name])
+        assert command[0] == program, command
+        workspace_in_image = _option(command, "-w", "--workspace")
+        copied = re.search(rf"^COPY\s+(\S+)\s+{re.escape(workspace_in_image)}\s*$", dockerfile, re.M)
+        assert copied, f"the Dockerfile does not put a workspace at {workspace_in_image}"
+        workspace = yaml.safe_load((REPO / copied.group(1)).read_text())
+        servers = [entry["grpc_server"] for entry in workspace["load_from"] if "grpc_server" in entry]
+        assert servers, workspace
+        assert servers[0]["host"] == "code-location" and int(servers[0]["port"]) == code_port
+    assert "dagster-daemon" in _command(compose["services"]["dagster-daemon"])[0]
+    assert _command(compose["services"]["dagster-daemon"])[1] == "run"
+
+
+def test_replica_is_a_streaming_standby_made_by_pg_basebackup(compose: dict[str, Any]) -> None:
+    replica = compose["services"]["postgres-replica"]
+    entrypoint = replica["entrypoint"]
+    entrypoint = entrypoint if isinstance(entrypoint, list) else shlex.split(entrypoint)
+    mounted = {str(v).split(":")[1] if isinstance(v, str) else v["target"]: v for v in replica["volumes"]}
+    assert entrypoint[0] in mounted, "the replica entrypoint script is not mounted into the container"
+    script = (REPO / "docker" / "replica-entrypoint.sh").read_text()
+    assert "pg_basebackup" in script and " -R " in script and "-X stream" in script
+    assert "exec docker-entrypoint.sh" in script
+    assert os.access(REPO / "docker" / "replica-entrypoint.sh", os.X_OK)
+    health = " ".join(str(t) for t in replica["healthcheck"]["test"])
+    assert "pg_is_in_recovery" in health
+    init = (REPO / "docker" / "primary-init.sh").read_text()
+    assert "REPLICATION" in init and "host replication replicator" in init
+    for script_path in ("docker/replica-entrypoint.sh", "docker/primary-init.sh"):
+        assert subprocess.run(["bash", "-n", str(REPO / script_path)]).returncode == 0
+
+
+def test_dockerfile_copies_what_exists_and_installs_the_project() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    ignored = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+               if line.strip() and not line.lstrip().startswith("#")]
+    assert re.search(r"^FROM python:3\.1[1-9]", dockerfile, re.M)
+    for sources in re.findall(r"^COPY\s+(.+)\s+\S+\s*$", dockerfile, re.M):
+        for source in sources.split():
+            assert (REPO / source).exists(), f"COPY {source}: no such file"
+            assert source not in ignored, f"COPY {source} but .dockerignore excludes it"
+    assert "pip install ." in dockerfile
+    assert re.search(r"^COPY dagster\.yaml \$\{DAGSTER_HOME\}/dagster\.yaml", dockerfile, re.M)
+    assert re.search(r"^USER (?!root)", dockerfile, re.M)
+    assert ".venv" in ignored and ".git" in ignored
+
+
+# -- workspace.yaml and the instance files -----------------------------------------------------------------------
+
+
+def test_workspace_loads_the_definitions_module() -> None:
+    workspace = yaml.safe_load((REPO / "workspace.yaml").read_text())
+    [entry] = workspace["load_from"]
+    module = entry["python_module"]
+    assert module["module_name"] == "audit_platform.definitions"
+    assert module["working_directory"] == "."
+
+
+def _validated_instance_config(home: Path) -> dict[str, Any]:
+    from dagster._core.instance.config import dagster_instance_config
+
+    config, _ = dagster_instance_config(str(home))
+    return config
+
+
+def _check_common(config: dict[str, Any]) -> None:
+    coordinator = config["run_coordinator"]
+    assert coordinator["class"] == "QueuedRunCoordinator"
+    assert coordinator["module"] in {"dagster.core.run_coordinator", "dagster._core.run_coordinator"}
+    assert int(coordinator["config"]["max_concurrent_runs"]) >= 1
+    assert config["telemetry"]["enabled"] is False
+
+
+def test_production_instance_uses_postgres_from_the_environment(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    text = (REPO / "dagster.yaml").read_text()
+    config = yaml.safe_load(text)
+    db = config["storage"]["postgres"]["postgres_db"]
+    assert {key: db[key] for key in ("hostname", "username", "password", "db_name")} == {
+        "hostname": {"env": "DAGSTER_PG_HOST"},
+        "username": {"env": "DAGSTER_PG_USER"},
+        "password": {"env": "DAGSTER_PG_PASSWORD"},
+        "db_name": {"env": "DAGSTER_PG_DB"},
+    }
+    assert db["scheme"] == "postgresql+psycopg2"
+    _check_common(config)
+    # Dagster's own schema accepts it once the variables are set.
+    for var in DAGSTER_PG_VARS:
+        monkeypatch.setenv(var, "x")
+    shutil.copy(REPO / "dagster.yaml", tmp_path / "dagster.yaml")
+    _check_common(_validated_instance_config(tmp_path))
+
+
+def test_dev_instance_reads_its_storage_url_from_the_environment(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    home = write_dagster_home(tmp_path / "dagster_home")
+    text = (home / "dagster.yaml").read_text()
+    assert text == dagster_yaml()
+    config = yaml.safe_load(text)
+    assert config["storage"] == {"postgres": {"postgres_url": {"env": STORAGE_URL_ENV}}}
+    _check_common(config)
+    monkeypatch.setenv(STORAGE_URL_ENV, storage_url("postgresql://app:secret@db.example:5433/audit"))
+    _check_common(_validated_instance_config(home))
+    # The URL handed to Dagster names psycopg2 (SQLAlchemy 2.1 would pick psycopg 3) and Dagster's own database.
+    url = urlsplit(os.environ[STORAGE_URL_ENV])
+    assert (url.scheme, url.hostname, url.port, url.path) == ("postgresql+psycopg2", "db.example", 5433, "/dagster")
+    assert "secret" not in text
