@@ -4,8 +4,8 @@ Example::
 
     report = db.health()
     report.healthy            # False when the primary is unreachable or the schema is behind (critical parts)
-    report.status             # "healthy", "degraded" (a replica lags or is down, Redis is down: reads fail over to
-                              # the primary and the cache is bypassed) or "unhealthy"
+    report.status             # "healthy", "degraded" (a replica lags or is down, Redis is down: the primary still
+                              # serves every read and write) or "unhealthy" (the primary, or the schema)
     report.to_dict()          # JSON-ready, for the CLI and the Dagster checks
 """
 
@@ -30,7 +30,7 @@ class ComponentHealth:
     healthy: bool
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    critical: bool = True  # False: the library works around its failure (replica failover, cache bypass)
+    critical: bool = True  # False: reads and writes do not depend on it (a replica, the Redis cache)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from pydantic import Field
 
 from audit_db_core import AuditError, ConfigurationError
 from audit_db_core.partitions import CreateResult
-from audit_platform.assets import audit_log_archive, failure, md_table
+from audit_platform.assets import audit_log_archive, audit_log_partition, failure, md_table
 from audit_platform.partitions import PARTITIONS, key_for_period
 from audit_platform.resources import AuditDatabaseResource
 
@@ -374,7 +374,7 @@ def health_report(context: dg.OpExecutionContext, audit_db: AuditDatabaseResourc
         bad = [f"{name}: {c.error or 'unhealthy'}" for name, c in report.components.items()
                if not c.healthy and c.critical]
         raise failure("unhealthy: " + "; ".join(bad), **metadata)
-    if report.degraded:  # replicas / Redis: the library fails over or bypasses; the WARN checks surface it
+    if report.degraded:  # replicas / Redis: every read and write still goes to the primary; WARN checks show it
         weak = [f"{name}: {c.error}" for name, c in report.components.items() if not c.healthy]
         context.log.warning("degraded: " + "; ".join(weak))
     else:
@@ -399,12 +399,33 @@ health_check_schedule = dg.ScheduleDefinition(
 )
 
 
+# The asset checks run with every audit_log_partition materialization; this job runs them on their own, hourly,
+# so a problem (an archive that no longer verifies, rows piling up in DEFAULT) fails a run and alerts even on days
+# when nothing is materialized.
+lifecycle_checks_job = dg.define_asset_job(
+    name="lifecycle_checks_job",
+    selection=dg.AssetSelection.checks_for_assets(audit_log_partition),
+    description="Run the lifecycle asset checks (coverage, DEFAULT, archives, replicas, Redis, ledger) on their own.",
+    tags={"audit/lifecycle": "checks"},
+)
+
+lifecycle_checks_schedule = dg.ScheduleDefinition(
+    name="lifecycle_checks_schedule",
+    job=lifecycle_checks_job,
+    cron_schedule="40 * * * *",
+    execution_timezone=TIMEZONE,
+    default_status=DEFAULT_STATUS,
+    description="Hourly at :40: the lifecycle asset checks.",
+)
+
+
 JOBS: "list[dg.JobDefinition | UnresolvedAssetJobDefinition]" = [
     partition_maintenance_job,
     archive_job,
     retention_purge_job,
     index_maintenance_job,
     health_check_job,
+    lifecycle_checks_job,
 ]
 SCHEDULES: list[dg.ScheduleDefinition] = [
     partition_maintenance_schedule,
@@ -412,4 +433,5 @@ SCHEDULES: list[dg.ScheduleDefinition] = [
     retention_purge_schedule,
     index_maintenance_schedule,
     health_check_schedule,
+    lifecycle_checks_schedule,
 ]

@@ -201,3 +201,18 @@ def test_health_job_reports_degraded_when_redis_is_down(fresh_database: str) -> 
     assert result.success
     meta = output_metadata(result, "health_report")
     assert meta["status"] == "degraded"
+
+def test_lifecycle_checks_job_runs_the_checks_alone(fresh_database: str) -> None:
+    from audit_db_core import AuditDatabase, AuditEvent, AuditSettings
+    from audit_platform.definitions import defs
+    from audit_platform.jobs import lifecycle_checks_job
+
+    job = defs.resolve_job_def(lifecycle_checks_job.name)
+    with AuditDatabase(AuditSettings(database_url=fresh_database)) as db:  # a row in DEFAULT: one check must fail
+        db.insert(AuditEvent(action="a", status="success", principal_id="u",
+                             event_time=dt.datetime(1999, 1, 1, tzinfo=dt.UTC)))
+    result = job.execute_in_process(resources=resources(fresh_database), instance=dg.DagsterInstance.ephemeral(),
+                                    raise_on_error=False)
+    evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert evaluations.get("default_partition_empty") is False and evaluations.get("ledger_consistent") is True
+    assert not result.get_asset_materialization_events()  # checks only, nothing materialized
