@@ -129,7 +129,6 @@ def cmd_dev(args: argparse.Namespace) -> int:
         STORAGE_URL_ENV,
         DagsterDev,
         ensure_database,
-        port_is_free,
         repository_root,
         storage_url,
         workspace_file,
@@ -138,7 +137,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from audit_db_core.database import AuditDatabase
     from audit_db_core.demo import demo_events
     from audit_db_core.errors import redact
-    from audit_db_core.local import LocalServers
+    from audit_db_core.local import LocalServers, port_is_free
     from audit_db_core.query import AuditQuery
 
     directory = Path(args.dir).expanduser().resolve()
@@ -159,7 +158,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
     dagster: DagsterDev | None = None
     exit_code = 0
     try:
-        if not args.exit_after_setup and not port_is_free(args.host, args.port):
+        if not args.exit_after_setup and not port_is_free(args.port, args.host):
             raise ConfigurationError("arguments", [("--port", f"{args.host}:{args.port} is already in use")])
         if not os.environ.get("AUDIT_DATABASE_URL"):
             servers = LocalServers(directory)

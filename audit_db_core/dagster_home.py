@@ -30,7 +30,6 @@ import contextlib
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -162,17 +161,6 @@ def workspace_file(home: Path | None = None) -> Path:
     generated = home / "workspace.yaml"
     generated.write_text(f"load_from:\n  - python_module: {CODE_LOCATION_MODULE}\n")
     return generated
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """True when a server could listen on ``host:port`` now."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
 
 
 def _default_signals() -> None:

@@ -282,12 +282,12 @@ def _signal(pid: int, sig: signal.Signals) -> None:
         os.kill(pid, sig)
 
 
-def _port_is_free(port: int) -> bool:
-    """True if a server could listen on ``HOST:port`` (SO_REUSEADDR, as servers do, so TIME_WAIT is ignored)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+def port_is_free(port: int, host: str = HOST) -> bool:
+    """True if a server could listen on ``host:port`` (SO_REUSEADDR, as servers do, so TIME_WAIT is ignored)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((HOST, port))
+            sock.bind((host, port))
         except OSError:
             return False
     return True
@@ -564,7 +564,7 @@ class LocalServers:
             if comp == "replica":
                 self._sync_replica_conninfo(state, deadline)
             if self._running_pid(comp) is None:
-                if not _port_is_free(port):
+                if not port_is_free(port):
                     raise LocalServerError(f"{comp}: port {port} is taken by another process; up() picks a new one")
                 self._start(comp, port, deadline)
             else:
@@ -654,7 +654,7 @@ class LocalServers:
         """The component's recorded port if still free, else a new free port (not used by another component)."""
         info = state["components"].get(component) or {}
         old = info.get("port")
-        if old is not None and _port_is_free(int(old)):
+        if old is not None and port_is_free(int(old)):
             return int(old)
         port = _free_port(self._used_ports(state, component))
         if old is not None:

@@ -6,7 +6,10 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
+import logging
 import os
 import shutil
 import signal
@@ -62,6 +65,50 @@ def server_url(log: Callable[[str], None], *, durable: bool) -> Iterator[tuple[s
                 servers.down(remove=True)
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number above zero."""
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
+    return value
+
+
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def _terminate(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through every finally: databases dropped, servers stopped
+
+
+def run_main(
+    args: Any,
+    run: Callable[[Any], dict[str, Any]],
+    format_table: Callable[[dict[str, Any]], str],
+    log: Callable[[str], None],
+    *,
+    check_failure: type[Exception],
+) -> int:
+    """Run a benchmark: the printed table and the JSON on success, exit 2 when a correctness check failed,
+    130 on Ctrl-C; SIGTERM unwinds like Ctrl-C so every server and scratch database is cleaned up."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
+    try:
+        report = run(args)
+    except check_failure as exc:
+        log(f"CHECK FAILED: {exc}")
+        return 2
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    print(format_table(report))
+    write_json(args.output, report)
+    log(f"wrote {args.output}")
+    return 0
 
 
 @contextlib.contextmanager

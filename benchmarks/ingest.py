@@ -53,12 +53,9 @@ import argparse
 import contextlib
 import datetime as dt
 import gc
-import json
-import logging
 import os
 import platform
 import random
-import signal
 import sys
 import time
 import uuid
@@ -73,7 +70,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `benchmarks` importable
 
 from benchmarks import common  # noqa: E402
-from benchmarks.common import server_url  # noqa: E402
+from benchmarks.common import positive_int, server_url  # noqa: E402
 from audit_db_core import AuditDatabase, AuditEvent, AuditSettings
 from audit_db_core.config import IngestSettings
 from audit_db_core.events import EVENT_COLUMNS
@@ -525,19 +522,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-
-
 # -- main ----------------------------------------------------------------------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -576,27 +561,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ratios": {key: t["value"] for key, t in checked.items()}}
 
 
-def _terminate(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally: databases dropped, servers stopped
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    try:
-        report = run(args)
-    except CountMismatch as exc:
-        log(f"COUNT CHECK FAILED: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    print(format_table(report))
-    write_json(args.output, report)
-    log(f"wrote {args.output}")
-    return 0
+    return common.run_main(parse_args(argv), run, format_table, log, check_failure=CountMismatch)
 
 
 if __name__ == "__main__":

@@ -67,12 +67,10 @@ import contextlib
 import datetime as dt
 import gc
 import json
-import logging
 import multiprocessing
 import os
 import platform
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -90,7 +88,7 @@ from psycopg import sql
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `benchmarks` importable
 
 from benchmarks import common  # noqa: E402
-from benchmarks.common import server_url  # noqa: E402
+from benchmarks.common import positive_int, server_url  # noqa: E402
 from audit_db_core import AuditDatabase, AuditSettings
 from audit_db_core.config import Period
 from audit_db_core.migrate import migrate
@@ -1113,19 +1111,7 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: Path, report: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
-
-
 # -- main ----------------------------------------------------------------------------------------------------------
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text}")
-    return value
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1221,27 +1207,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def _terminate(signum: int, _frame: Any) -> None:
-    raise SystemExit(128 + signum)  # unwinds through every finally: databases dropped, servers stopped
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _terminate)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored (`cmd &`)
-    try:
-        report = run(args)
-    except CheckFailed as exc:
-        log(f"CHECK FAILED: {exc}")
-        return 2
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    print(format_table(report))
-    write_json(args.output, report)
-    log(f"wrote {args.output}")
-    return 0
+    return common.run_main(parse_args(argv), run, format_table, log, check_failure=CheckFailed)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from audit_db_core.health import redis_status
 from audit_db_core.ledger import entries
 from tests.conftest import TestServers as Servers
 from tests.conftest import with_dbname
+from tests.replication import replay_paused
 
 UTC = dt.UTC
 
@@ -198,31 +199,20 @@ def test_replica_status_measures_real_lag(fresh_database: str, needs_replica: li
 def test_replica_status_sees_replay_paused_behind_the_primary(fresh_database: str, needs_replica: list[str]) -> None:
     settings = _replica_settings(fresh_database, needs_replica[:1], replicas={"max_lag_bytes": 1024})
     replica = settings.replica_urls[0].get_secret_value()
-    with psycopg.connect(replica, autocommit=True) as rconn:
-        try:
-            rconn.execute("SELECT pg_wal_replay_pause()")
-        except psycopg.errors.InsufficientPrivilege:
-            pytest.skip("pausing WAL replay needs a superuser on the replica")
-        try:
-            for _ in range(100):
-                if rconn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone() == ("paused",):
-                    break
-                time.sleep(0.05)
-            with AuditDatabase(settings) as db:  # real writes on the primary the replica does not replay
-                db.insert_many(demo_events(2000, now=dt.datetime.now(UTC)))
-            time.sleep(0.3)
-            (status,) = ConnectionManager(settings).replica_status()
-            assert status.reachable and status.in_recovery
-            assert status.lag_bytes is not None and status.lag_bytes > 1024
-            assert status.lag_seconds is not None and status.lag_seconds > 0.2
-            assert not status.healthy and "exceeds 1024" in (status.problem or "")
-            with AuditDatabase(settings) as db:
-                report = db.health()
-            # A lagging replica degrades the report (reads fail over to the primary); it is not unhealthy.
-            assert report.healthy and report.status == "degraded" and not report.components["replica-0"].healthy
-            assert report.components["primary"].healthy
-        finally:
-            rconn.execute("SELECT pg_wal_replay_resume()")
+    with replay_paused(replica):
+        with AuditDatabase(settings) as db:  # real writes on the primary the replica does not replay
+            db.insert_many(demo_events(2000, now=dt.datetime.now(UTC)))
+        time.sleep(0.3)
+        (status,) = ConnectionManager(settings).replica_status()
+        assert status.reachable and status.in_recovery
+        assert status.lag_bytes is not None and status.lag_bytes > 1024
+        assert status.lag_seconds is not None and status.lag_seconds > 0.2
+        assert not status.healthy and "exceeds 1024" in (status.problem or "")
+        with AuditDatabase(settings) as db:
+            report = db.health()
+        # A lagging replica degrades the report (the primary serves every read today); it is not unhealthy.
+        assert report.healthy and report.status == "degraded" and not report.components["replica-0"].healthy
+        assert report.components["primary"].healthy
     for _ in range(100):  # caught up again: lag back to zero
         (status,) = ConnectionManager(settings).replica_status()
         if status.lag_bytes == 0:

@@ -4,8 +4,7 @@ Collected from ``README.md`` (when it exists) and ``docs/**/*.md``:
 
 - each fenced ```` ```python ```` block is one test. It runs with ``exec`` in a fresh namespace, inside a fresh
   migrated database of its own (``AUDIT_DATABASE_URL`` points at it, every other ``AUDIT_*`` variable is unset),
-  from a temporary working directory. A block whose first line is exactly ``# not run: <reason>`` is reported as
-  skipped with that reason. Tracebacks point at the Markdown file and line.
+  from a temporary working directory; none may opt out. Tracebacks point at the Markdown file and line.
 - each ``audit-platform …`` command in a ```` ```bash ```` / ```` ```sh ```` / ```` ```console ```` /
   ```` ```shell ```` block (at the start of a line, after a ``$ `` prompt or a shell operator such as ``&&``, or
   inside ``$(…)``) must name a sub-command of :func:`audit_db_core.cli.build_parser` and be accepted by its argument
@@ -34,7 +33,6 @@ PYTHON_LANGS = frozenset({"python"})
 SHELL_LANGS = frozenset({"bash", "sh", "shell", "console"})
 _OPEN = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^\s`]*)")
 _CLOSE = re.compile(r"^ {0,3}(?P<fence>`{3,}|~{3,})[ \t]*$")
-_NOT_RUN = re.compile(r"^# not run: (?P<reason>\S.*)$")
 _SUBSHELL = re.compile(r"\$\(([^()]*)\)")
 _SHELL_OPERATORS = frozenset({"|", "||", "&", "&&", ";", ";;", ">", ">>", "<", "<<", "(", ")"})
 
@@ -94,10 +92,7 @@ def python_params() -> list[object]:
     for block in BLOCKS:
         if block.lang not in PYTHON_LANGS:
             continue
-        first = block.text.split("\n", 1)[0].rstrip()
-        skip = _NOT_RUN.match(first)
-        marks = [pytest.mark.skip(reason=f"{block.id}: {skip['reason']}")] if skip else []
-        params.append(pytest.param(block, id=block.id, marks=marks))
+        params.append(pytest.param(block, id=block.id))  # every example runs: none may opt out
     return params
 
 

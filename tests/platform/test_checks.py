@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import socket
-import time
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from audit_platform.checks import (
 from audit_platform.resources import AuditDatabaseResource
 from tests.conftest import TestServers as Servers
 from tests.core.test_platform_support import replica_urls_for
+from tests.replication import replay_paused
 
 UTC = dt.UTC
 WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
@@ -160,21 +160,10 @@ def test_replica_lag_measured_on_the_sessions_replica(fresh_database: str, serve
     assert values["replica-0_lag_seconds"] >= 0 and values["max_lag_seconds"] == 30.0
     # Hold replay on the replica, write on the primary: the lag is real, and over a 1 KiB bound.
     monkeypatch.setenv("AUDIT_REPLICAS__MAX_LAG_BYTES", "1024")
-    with psycopg.connect(replicas[0], autocommit=True) as rconn:
-        try:
-            rconn.execute("SELECT pg_wal_replay_pause()")
-        except psycopg.errors.InsufficientPrivilege:
-            pytest.skip("pausing WAL replay needs a superuser on the replica")
-        try:
-            for _ in range(100):
-                if rconn.execute("SELECT pg_get_wal_replay_pause_state()").fetchone() == ("paused",):
-                    break
-                time.sleep(0.05)
-            with AuditDatabase(AuditSettings(database_url=fresh_database)) as db:
-                db.insert_many(demo_events(2000))
-            lagging = run_check(replica_lag, fresh_database, replica_urls=",".join(replicas))
-        finally:
-            rconn.execute("SELECT pg_wal_replay_resume()")
+    with replay_paused(replicas[0]):
+        with AuditDatabase(AuditSettings(database_url=fresh_database)) as db:
+            db.insert_many(demo_events(2000))
+        lagging = run_check(replica_lag, fresh_database, replica_urls=",".join(replicas))
     assert not lagging.passed and lagging.severity == WARN
     assert meta(lagging)["replica-0_lag_bytes"] > 1024 and meta(lagging)["replica-0_lag_seconds"] > 0
     assert "exceeds 1024" in (lagging.description or "")
