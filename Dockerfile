@@ -21,8 +21,8 @@ RUN pip install . && pip check
 COPY dagster.yaml ${DAGSTER_HOME}/dagster.yaml
 COPY docker/workspace.yaml /opt/dagster/workspace.yaml
 # Named volumes start with the ownership of these directories, so the unprivileged user can write them.
-RUN mkdir -p ${DAGSTER_HOME}/storage /var/lib/audit-archive \
- && chown -R dagster:dagster ${DAGSTER_HOME} /var/lib/audit-archive
+RUN mkdir -p ${DAGSTER_HOME}/storage /var/lib/audit-archive /var/lib/audit-reports \
+ && chown -R dagster:dagster ${DAGSTER_HOME} /var/lib/audit-archive /var/lib/audit-reports
 
 USER dagster
 EXPOSE 3000 4000

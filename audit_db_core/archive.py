@@ -928,6 +928,77 @@ class ArchiveStore:
                     yield from zip(*(column.to_pylist() for column in batch.columns))
 
 
+    # -- rows and companion files (used by audit_db_core.integrity) ------------------------------------------------
+
+    def read_rows(
+        self, manifest: ArchiveManifest, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``(file name, row)`` for every archived row with ``since <= event_time < until``, in the files' order
+        (``event_time``, ``event_id``); a row is a dict of the stored columns. Row groups outside the range are
+        skipped by their statistics. A file that cannot be read raises :class:`ArchiveError` naming it."""
+        filters: list[tuple[str, str, Any]] = []
+        if since is not None:
+            filters.append(("event_time", ">=", _aware_utc(since, "since")))
+        if until is not None:
+            filters.append(("event_time", "<", _aware_utc(until, "until")))
+        fs = self._filesystem()
+        directory = self._path(manifest.partition)
+        for f in manifest.files:
+            if not _DATA_FILE_NAME.match(f.path):
+                raise ArchiveError(f"{f.path}: not a plain *.parquet file name", operation="archive_read",
+                                   partition=manifest.partition)
+            try:
+                with fs.open_input_file(posixpath.join(directory, f.path)) as source:
+                    table = pq.read_table(source, columns=list(STORED_COLUMNS), filters=filters or None)
+            except (*_FS_ERRORS, ValueError, TypeError) as exc:
+                raise ArchiveError(f"{self._display(manifest.partition, f.path)}: cannot be read: {exc}",
+                                   operation="archive_read", partition=manifest.partition, file=f.path) from None
+            for batch in table.to_batches(max_chunksize=self._batch_rows):
+                for row in batch.to_pylist():
+                    yield f.path, row
+
+    def write_sidecar(self, partition: str, name: str, data: bytes) -> str:
+        """Write a companion file ``<root>/<partition>/<name>`` next to a published archive (not listed in the
+        manifest, never a ``*.parquet``); returns its hex SHA-256. Written to a temporary name, then moved."""
+        _check_sidecar(partition, name)
+        fs = self._filesystem()
+        path = self._path(partition, name)
+        try:
+            with fs.open_output_stream(path + ".tmp") as out:
+                out.write(data)
+            fs.move(path + ".tmp", path)
+        except _FS_ERRORS as exc:
+            raise ArchiveError(f"{self._display(partition, name)}: cannot be written: {exc}",
+                               operation="archive_sidecar", partition=partition) from None
+        return hashlib.sha256(data).hexdigest()
+
+    def read_sidecar(self, partition: str, name: str) -> bytes | None:
+        """The bytes of the companion file ``name`` of ``partition``, or None when there is none."""
+        _check_sidecar(partition, name)
+        fs = self._filesystem()
+        path = self._path(partition, name)
+        try:
+            if fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return None
+            with fs.open_input_stream(path) as inp:
+                return bytes(inp.read())
+        except _FS_ERRORS as exc:
+            raise ArchiveError(f"{self._display(partition, name)}: cannot be read: {exc}",
+                               operation="archive_sidecar", partition=partition) from None
+
+    def sidecar_uri(self, partition: str, name: str) -> str:
+        """``<root_uri>/<partition>/<name>``."""
+        _check_sidecar(partition, name)
+        return self._uri(partition, name)
+
+
+def _check_sidecar(partition: str, name: str) -> None:
+    _check_partition(partition)
+    if (not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$", name)
+            or name.endswith((".parquet", ".tmp")) or name == MANIFEST_NAME):
+        raise ArchiveError(f"{name!r} is not a valid companion file name for an archive", operation="archive_sidecar",
+                           partition=partition)
+
 def _select_statement(table: str) -> sql.Composed:
     """``SELECT <stored columns, event_id and details as text> FROM table ORDER BY event_time, event_id``."""
     fields = []

@@ -7,8 +7,17 @@
     audit-platform migrate                              apply migrations (settings from AUDIT_* variables)
     audit-platform demo [--events N]                    write sample events
     audit-platform health [--json]                      exit 1 when unhealthy
+    audit-platform report access|activity|disclosures|summary --since D --until D --output PATH [--format F] …
+                                                        HIPAA reports to CSV / JSON / Parquet (exit 2 on bad input)
+    audit-platform verify [--from D] [--to D] [--json]   check the signed digest chain against rows and archives
+                                                        (exit 1 problems, 2 bad input, 3 incomplete)
+    audit-platform integrity seal|head|prove|check-proof|keygen
+                                                        signed digests and inclusion proofs
     audit-platform partitions plan|list|create|rescue|archive|purge|optimize|hold|restore [PERIOD…] [--json]
                                                         (purge is a dry run unless --execute)
+    audit-platform subject export|erase (--value V | --value - | --subject-id ID) [--field F …] [--output PATH] [--yes]
+                                                        GDPR subject access export and erasure (exit 3: no such
+                                                        subject, 2 bad input)
 
 ``eval "$(audit-platform local up)"`` exports ``AUDIT_DATABASE_URL``, ``AUDIT_REPLICA_URLS`` and
 ``AUDIT_REDIS_URL`` for the other commands.
@@ -92,7 +101,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with AuditDatabase(_settings()) as db:
         written = db.insert_many(demo_events(args.events, seed=args.seed))
+        # Demo events reach 30 days back, before the partitions migrate made: give them theirs, as the daily
+        # maintenance would.
+        rescued = db.partitions.rescue_default()
     print(f"wrote {written} demo events")
+    for r in rescued:
+        print(f"created {r.name} for earlier demo events ({r.rescued_rows} rows moved out of DEFAULT)")
     return 0
 
 
@@ -174,6 +188,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         if not os.environ.get("AUDIT_ARCHIVE__ROOT_URI"):
             archive_dir.mkdir(parents=True, exist_ok=True)
             os.environ["AUDIT_ARCHIVE__ROOT_URI"] = archive_dir.as_uri()
+        if not os.environ.get("AUDIT_REPORTS__DIRECTORY"):  # where the compliance_summary asset writes
+            os.environ["AUDIT_REPORTS__DIRECTORY"] = str(directory / "reports")
         ui_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         ui_url = f"http://{ui_host}:{args.port}"
         os.environ.setdefault("AUDIT_UI_BASE_URL", ui_url)
@@ -200,6 +216,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"  AUDIT_REPLICA_URLS={','.join(settings.display_replica_urls)}")
         print(f"  AUDIT_REDIS_URL={settings.display_redis_url or ''}")
         print(f"  AUDIT_ARCHIVE__ROOT_URI={os.environ['AUDIT_ARCHIVE__ROOT_URI']}")
+        print(f"  AUDIT_REPORTS__DIRECTORY={os.environ['AUDIT_REPORTS__DIRECTORY']}")
         print(f"  {STORAGE_URL_ENV}={redact(os.environ[STORAGE_URL_ENV])} (Dagster's storage)")
         print(f"  DAGSTER_HOME={dagster_home}")
         print(f"  schema version {result.schema_version}; {written} demo events written; {total} events stored"
@@ -370,6 +387,311 @@ def _archive_with_progress(pm: Any, period: Any, args: argparse.Namespace, run_i
         return pm.archive(period, now=_when(args.now), run_id=run_id, progress=progress)
 
 
+# -- reports -------------------------------------------------------------------------------------------------------
+
+#: Report arguments as the library names them -> the option that sets them (errors name the option).
+_REPORT_OPTIONS = {
+    "organization_id": "--org", "target_resource_id": "--target-id", "target_resource_type": "--target-type",
+    "principal_id": "--principal", "since": "--since", "until": "--until", "format": "--format", "path": "--output",
+}
+#: Options each report takes besides the period and the output; the first ones listed are required.
+_REPORT_ARGUMENTS = {
+    "access": (("--org", "--target-id"), ("--target-type",)),
+    "activity": (("--org", "--principal"), ()),
+    "disclosures": (("--org",), ("--target-id",)),
+    "summary": ((), ()),
+}
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Make one report and write it to ``--output``, recorded in the lifecycle ledger. Bad input: exit 2, naming
+    the option and the reason."""
+    from audit_db_core.database import AuditDatabase
+    from audit_db_core.errors import AuditValidationError
+
+    given = {"--org": args.org, "--target-id": args.target_id, "--target-type": args.target_type,
+             "--principal": args.principal}
+    required, optional = _REPORT_ARGUMENTS[args.kind]
+    problems = [(o, f"is required for the {args.kind} report") for o in required if given[o] is None]
+    problems += [(o, f"is not an option of the {args.kind} report") for o, v in given.items()
+                 if v is not None and o not in required + optional]
+    if problems:
+        raise ConfigurationError("report arguments", problems)
+    try:
+        with AuditDatabase(_settings()) as db:
+            reports = db.reports
+            if args.kind == "access":
+                report = reports.access_report(args.org, args.target_id, args.since, args.until,
+                                               target_resource_type=args.target_type)
+            elif args.kind == "activity":
+                report = reports.activity_report(args.org, args.principal, args.since, args.until)
+            elif args.kind == "disclosures":
+                report = reports.disclosures(args.org, args.since, args.until, target_resource_id=args.target_id)
+            else:
+                report = reports.compliance_summary(args.since, args.until)
+            result = reports.write(report, args.output, args.format, requested_by=args.requested_by,
+                                   run_id=args.run_id)
+    except ConfigurationError:
+        raise
+    except AuditValidationError as exc:
+        _print_err("invalid report arguments: " + "; ".join(
+            f"{_REPORT_OPTIONS.get(p.field, p.field)}: {p.reason}" for p in exc.problems))
+        return 2
+    noun = "row" if result.rows == 1 else "rows"
+    print(f"wrote {result.rows} {noun} to {result.path} ({result.format}, {result.bytes} bytes, "
+          f"sha256 {result.sha256}); recorded in the lifecycle ledger")
+    return 0
+
+
+# -- integrity -----------------------------------------------------------------------------------------------------
+
+
+def _instant(text: str | None, option: str) -> Any:
+    """A date (midnight UTC) or an ISO 8601 time with a zone, for --from / --to / --until; exit 2 otherwise."""
+    import datetime as dt
+
+    if text is None:
+        return None
+    try:
+        if len(text.strip()) == 10:
+            d = dt.date.fromisoformat(text.strip())
+            return dt.datetime(d.year, d.month, d.day, tzinfo=dt.UTC)
+        value = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigurationError("arguments", [(option, "must be a date (2026-11-01) or a time with a zone "
+                                                "(2026-11-01T08:00:00Z)")]) from None
+    if value.tzinfo is None:
+        raise ConfigurationError("arguments", [(option, "must carry a time zone, e.g. 2026-11-01T08:00:00Z")])
+    return value
+
+
+#: verify's exit codes: verified, failed (tampering or damage found), bad input, incomplete (not all checkable).
+VERIFY_EXIT = {"verified": 0, "failed": 1, "incomplete": 3}
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Verify the digest chain and the rows (and archives) of [--from, --to) against it. Exit 0 verified, 1 any
+    problem, 2 bad input, 3 incomplete (nothing wrong, but part of the range is not sealed or not readable)."""
+    from audit_db_core.database import AuditDatabase
+    from audit_db_core.errors import AuditValidationError
+
+    since, until = _instant(args.since, "--from"), _instant(args.until, "--to")
+    try:
+        with AuditDatabase(_settings()) as db:
+            report = db.integrity.verify(since, until, rows=not args.chain_only, anchors=args.anchor or (),
+                                         run_id=args.run_id)
+    except ConfigurationError:
+        raise
+    except AuditValidationError as exc:
+        _print_err("invalid arguments: " + "; ".join(f"{p.field}: {p.reason}" for p in exc.problems))
+        return 2
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(report.summary())
+        if report.problems:
+            rows = [p.to_dict() for p in report.problems]
+            print(_table(rows, ["kind", "window_start", "event_time", "event_id", "chain_seq", "source", "detail"]))
+    return VERIFY_EXIT[report.status]
+
+
+def cmd_integrity(args: argparse.Namespace) -> int:
+    from audit_db_core import integrity
+
+    if args.action == "keygen":
+        private, public = integrity.generate_key_pair()
+        # The private key goes to stdout only: redirect it into a secret store, never into a log.
+        print(f"AUDIT_INTEGRITY__SIGNING_KEY={private}")
+        print(f"AUDIT_INTEGRITY__PUBLIC_KEYS={public}")
+        print(f"# key id {integrity.key_id_of(public)}: keep the signing key secret; give auditors the public key",
+              file=sys.stderr)
+        return 0
+    if args.action == "check-proof":
+        return _check_proof(args, integrity)
+
+    from audit_db_core.database import AuditDatabase
+    from audit_db_core.errors import AuditValidationError
+
+    try:
+        with AuditDatabase(_settings()) as db:
+            if args.action == "seal":
+                result = db.integrity.seal(until=_instant(args.until, "--until"), run_id=args.run_id)
+                if args.json:
+                    print(json.dumps(result.to_dict(), indent=2, default=str))
+                else:
+                    rows = [d.to_dict() for d in result.digests]
+                    if rows:
+                        print(_table(rows, ["chain_seq", "window_start", "seq", "event_count", "digest_hash"]))
+                    print(f"{result.status}: {len(rows)} digest(s), {result.events} event(s), "
+                          f"{result.supplements} supplement(s)" + (f"; {result.reason}" if result.reason else ""))
+                return 0
+            if args.action == "head":
+                head = db.integrity.head()
+                doc = head.to_dict() if head else None
+                print(json.dumps(doc, indent=2) if args.json or doc is None else
+                      f"#{head.chain_seq} {head.digest_hash.hex()} window {doc['window_start']} "  # type: ignore[union-attr]
+                      f"seq {doc['seq']} key {doc['key_id']}")
+                return 0
+            # prove
+            if not args.event or len(args.event) != 2:
+                raise ConfigurationError("arguments", [("prove", "give EVENT_TIME and EVENT_ID")])
+            proof = db.integrity.prove(_instant(args.event[0], "EVENT_TIME"), args.event[1])
+    except ConfigurationError:
+        raise
+    except AuditValidationError as exc:
+        _print_err("; ".join(f"{p.field}: {p.reason}" for p in exc.problems))
+        return 2
+    text = proof.to_json()
+    if args.output:
+        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        print(f"proof of {args.event[1]} written to {args.output} (digest #{proof.digest.chain_seq})")
+    else:
+        print(text)
+    return 0
+
+
+def _check_proof(args: argparse.Namespace, integrity: Any) -> int:
+    """Check an inclusion proof file with public keys only: no database, no settings but the keys."""
+    from audit_db_core.errors import AuditValidationError
+
+    keys = list(args.public_key or [])
+    if not keys:
+        keys = [k.strip() for k in os.environ.get("AUDIT_INTEGRITY__PUBLIC_KEYS", "").split(",") if k.strip()]
+    if not keys:
+        raise ConfigurationError("arguments", [("--public-key", "is required (or AUDIT_INTEGRITY__PUBLIC_KEYS)")])
+    if not args.event or len(args.event) != 1:
+        raise ConfigurationError("arguments", [("check-proof", "give the proof file (or - for stdin)")])
+    try:
+        data = sys.stdin.read() if args.event[0] == "-" else Path(args.event[0]).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigurationError("arguments", [("PROOF_FILE", f"cannot be read ({exc.strerror})")]) from None
+    try:
+        check = integrity.verify_proof(data, keys, digest_hash=args.digest_hash)
+    except AuditValidationError as exc:
+        _print_err("; ".join(f"{p.field}: {p.reason}" for p in exc.problems))
+        return 2
+    if args.json:
+        print(json.dumps({"ok": check.ok, "problems": list(check.problems), "key_id": check.key_id,
+                          "digest_hash": check.digest_hash}, indent=2))
+    else:
+        print("proof verified" if check.ok else "proof REJECTED: " + "; ".join(check.problems))
+    return 0 if check.ok else 1
+
+
+def _add_integrity_parsers(sub: Any) -> None:
+    verify = sub.add_parser(
+        "verify", help="verify the signed digest chain against the rows and archives; exit 1 on any problem",
+        description="Check the digest chain (hashes, links, signatures), every row of the sealed windows in "
+        "[--from, --to) against its digest, and the archives of those periods. Exit 0 verified, 1 problems found, "
+        "2 bad input, 3 incomplete (part of the range is not sealed yet or could not be read).",
+    )
+    verify.add_argument("--from", dest="since", help="start: a date (midnight UTC) or a time with a zone")
+    verify.add_argument("--to", dest="until", help="end (exclusive); default: the end of the last sealed window")
+    verify.add_argument("--json", action="store_true", help="the full report as JSON")
+    verify.add_argument("--chain-only", action="store_true", help="check digests, signatures and copies, not rows")
+    verify.add_argument("--anchor", action="append", metavar="SEQ:HASH",
+                        help="a published digest (chain_seq:digest_hash) that must still be in the chain")
+    verify.add_argument("--run-id", help="recorded with the ledger entry")
+    verify.set_defaults(func=cmd_verify)
+
+    integ = sub.add_parser("integrity", help="signed digests: seal, head, prove, check-proof, keygen")
+    integ.add_argument("action", choices=["seal", "head", "prove", "check-proof", "keygen"])
+    integ.add_argument("event", nargs="*", help="prove: EVENT_TIME EVENT_ID; check-proof: PROOF_FILE (- for stdin)")
+    integ.add_argument("--until", help="seal: only windows that end by then")
+    integ.add_argument("--output", help="prove: write the proof to this file")
+    integ.add_argument("--public-key", action="append", help="check-proof: a trusted public key (base64); repeatable")
+    integ.add_argument("--digest-hash", help="check-proof: the proof's digest must be this (anchored) one")
+    integ.add_argument("--json", action="store_true")
+    integ.add_argument("--run-id", help="seal: recorded with the ledger entry")
+    integ.set_defaults(func=cmd_integrity)
+
+
+# -- GDPR subject requests ------------------------------------------------------------------------------------------
+
+
+#: subject's exit codes: done, bad input, no such subject.
+SUBJECT_NOT_FOUND_EXIT = 3
+
+
+def cmd_subject(args: argparse.Namespace) -> int:
+    """Export everything the log holds about a data subject (JSON, to --output or stdout), or erase the subject.
+    Both are recorded in the lifecycle ledger. The identifier is never printed except inside the export itself."""
+    from audit_db_core.database import AuditDatabase
+    from audit_db_core.errors import AuditValidationError
+
+    value = args.value
+    if value == "-":  # from stdin: keeps the identifier out of the shell history and the process list
+        value = sys.stdin.readline().rstrip("\r\n")
+    if args.action == "erase" and not args.yes:
+        if not sys.stdin.isatty():
+            raise ConfigurationError("arguments", [("--yes", "is required to erase without a terminal to confirm on "
+                                                    "(erasure cannot be undone)")])
+        answer = input("Erasure cannot be undone: the subject's events stay, but nothing will link them to the "
+                       "person again. Type 'erase' to continue: ")
+        if answer.strip() != "erase":
+            _print_err("nothing erased")
+            return 1
+    try:
+        with AuditDatabase(_settings()) as db:
+            request = {"value": value, "subject_id": args.subject_id, "fields": args.field or None,
+                       "run_id": args.run_id, "requested_by": args.requested_by}
+            if args.action == "export":
+                export = db.privacy.export_subject(**request)
+            else:
+                result = db.privacy.erase_subject(**request)
+    except ConfigurationError:
+        raise
+    except AuditValidationError as exc:
+        options = {"value": "--value", "subject_id": "--subject-id", "fields": "--field"}
+        _print_err("invalid arguments: " + "; ".join(f"{options.get(p.field, p.field)}: {p.reason}"
+                                                   for p in exc.problems))
+        return 2
+    if args.action == "export":
+        if args.output:
+            path, size, digest = export.write(args.output)
+            print(f"wrote {len(export.events)} event(s) of {len(export.subjects)} subject(s) "
+                  f"({export.events_from_archives} from archives) to {path} ({size} bytes, sha256 {digest}); "
+                  "recorded in the lifecycle ledger")
+        else:
+            print(export.to_json())
+        for problem in export.unreadable:
+            _print_err(f"incomplete: {problem}")
+        return 0 if export.found else SUBJECT_NOT_FOUND_EXIT
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    elif result.found:
+        print(f"erased {len(result.subject_ids)} subject(s) ({', '.join(result.subject_ids)}): "
+              f"{result.events_unlinked} event(s) no longer linked to the person; recorded in the lifecycle ledger")
+    else:
+        print(result.reason)
+    if result.events_in_clear:
+        _print_err(f"{result.events_in_clear} event(s) hold the identifier in clear (written before the field was "
+                   "pseudonymized): erasure cannot change them")
+    return 0 if result.found else SUBJECT_NOT_FOUND_EXIT
+
+
+def _add_subject_parsers(sub: Any) -> None:
+    subject = sub.add_parser(
+        "subject", help="GDPR: export everything the log holds about a data subject, or erase the subject",
+        description="export: every event naming the subject (hot partitions and archives), the identifier put "
+        "back, as JSON. erase: delete the subject's pseudonym mapping (irreversible; the log and its digests stay "
+        "valid). Both are recorded in the lifecycle ledger. Exit 0 done, 2 bad input, 3 no such subject.",
+    )
+    subject.add_argument("action", choices=["export", "erase"])
+    who = subject.add_mutually_exclusive_group(required=True)
+    who.add_argument("--value", help="the identifier (e.g. a patient id); '-' reads it from stdin")
+    who.add_argument("--subject-id", help="the subject id from an earlier export")
+    subject.add_argument("--field", action="append",
+                         help="principal_id, target_resource_id or details.<key>; repeatable (default: every "
+                         "field in AUDIT_PRIVACY__PSEUDONYMIZE)")
+    subject.add_argument("--output", help="export: write the JSON here (default: stdout)")
+    subject.add_argument("--yes", action="store_true", help="erase: do not ask for confirmation")
+    subject.add_argument("--json", action="store_true", help="erase: the result as JSON")
+    subject.add_argument("--requested-by", help="recorded in the ledger (default: the OS user)")
+    subject.add_argument("--run-id", help="recorded with the ledger entry (e.g. the request's ticket)")
+    subject.set_defaults(func=cmd_subject)
+
+
 # -- entry point ---------------------------------------------------------------------------------------------------
 
 
@@ -428,6 +750,28 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="health report; exit code 1 when unhealthy")
     health.add_argument("--json", action="store_true")
     health.set_defaults(func=cmd_health)
+
+    report = sub.add_parser(
+        "report", help="HIPAA reports (access, activity, disclosures, summary) to CSV / JSON / Parquet",
+        description="Write one report for the period [--since, --until) to --output; every export is recorded in "
+        "the lifecycle ledger. Dates (2026-01-01) mean midnight UTC; times need a zone (2026-01-01T08:00Z).",
+    )
+    report.add_argument("kind", choices=list(_REPORT_ARGUMENTS),
+                        help="access: one target resource; activity: one principal; disclosures; summary: per "
+                        "organization counts")
+    report.add_argument("--org", help="organization_id (access, activity, disclosures)")
+    report.add_argument("--target-id", help="target_resource_id, e.g. a patient id (access; optional for disclosures)")
+    report.add_argument("--target-type", help="target_resource_type, e.g. Patient (access, optional)")
+    report.add_argument("--principal", help="principal_id, the user (activity)")
+    report.add_argument("--since", required=True, help="start of the period, inclusive (ISO 8601)")
+    report.add_argument("--until", required=True, help="end of the period, exclusive (ISO 8601)")
+    report.add_argument("--format", choices=["csv", "json", "parquet"], help="default: from the --output suffix")
+    report.add_argument("--output", required=True, help="file to write (its directory is created)")
+    report.add_argument("--requested-by", help="recorded in the ledger (default: the OS user)")
+    report.add_argument("--run-id", help="recorded with the ledger entry (e.g. a ticket or an orchestrator's run id)")
+    report.set_defaults(func=cmd_report)
+    _add_integrity_parsers(sub)
+    _add_subject_parsers(sub)
     return parser
 
 

@@ -109,6 +109,22 @@ class Period:
         return self.months * 30.436875 + self.days
 
 
+def split_list(value: Any, what: str) -> list[Any] | tuple[Any, ...]:
+    """A list setting from the environment: comma-separated text or a JSON list (a list given in code passes)."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"not a valid JSON list of {what}") from exc
+        else:
+            value = [part.strip() for part in text.split(",") if part.strip()]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"expected {what}, comma-separated or as a JSON list")
+    return value
+
+
 def _period_field(default: str, description: str) -> Any:
     return Field(default=Period.parse(default), description=description)
 
@@ -127,6 +143,11 @@ class PoolSettings(_Section):
     connect_timeout_seconds: int = Field(default=5, ge=1, le=120)
     statement_timeout_ms: int = Field(default=30_000, ge=0, le=86_400_000, description="0 disables it")
     max_idle_seconds: float = Field(default=600.0, gt=0)
+    reconnect_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="how long a pool keeps retrying (with backoff) to replace a lost connection before it gives up "
+        "and starts afresh on the next request: short, so a server that comes back is used again within seconds",
+    )
 
     @model_validator(mode="after")
     def _sizes(self) -> PoolSettings:
@@ -165,6 +186,22 @@ class ReplicaSettings(_Section):
 
     max_lag_seconds: float = Field(default=30.0, gt=0, le=86_400, description="replay lag bound, in seconds")
     max_lag_bytes: int = Field(default=64 * 1024 * 1024, ge=0, description="replay lag bound, in bytes of WAL")
+    bounded_lag_seconds: float = Field(
+        default=5.0, gt=0, le=86_400,
+        description="consistency='bounded' reads go to a replica whose measured replay lag is under this",
+    )
+    monitor_interval_seconds: float = Field(
+        default=1.0, gt=0, le=300, description="how often the background monitor measures each replica's lag"
+    )
+    acquire_timeout_seconds: float = Field(
+        default=1.0, gt=0, le=60,
+        description="longest wait for a replica connection before the read fails over to the primary",
+    )
+    analytics_replica: int | None = Field(
+        default=None, ge=0,
+        description="index in AUDIT_REPLICA_URLS of a replica kept for analytics reads (reports): out of the normal "
+        "rotation, used by query(..., analytics=True)",
+    )
 
 
 class ArchiveSettings(_Section):
@@ -236,12 +273,19 @@ class RetentionSettings(_Section):
 
 
 class CacheSettings(_Section):
+    """The query cache: L1 in process (LRU, TTL, byte bound), L2 in Redis (``AUDIT_REDIS_URL``; off when unset)."""
+
     enabled: bool = True
+    key_prefix: str = Field(default="audit-db", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     l1_max_entries: int = Field(default=10_000, ge=0)
     l1_max_bytes: int = Field(default=64 * 1024 * 1024, ge=0)
     ttl_seconds: float = Field(default=60.0, gt=0, description="results whose window is still open")
     closed_window_ttl_seconds: float = Field(default=3600.0, gt=0, description="results over a closed past window")
     redis_timeout_seconds: float = Field(default=0.25, gt=0, le=30)
+    redis_max_connections: int = Field(
+        default=50, ge=1, le=10_000,
+        description="connections to Redis per process; more concurrent callers wait up to redis_timeout_seconds",
+    )
 
 
 class BreakerSettings(_Section):
@@ -281,6 +325,14 @@ class BreakersSettings(_Section):
     partitions: PartitionBreakerSettings = PartitionBreakerSettings()
 
 
+class RetrySettings(_Section):
+    """Retries of retryable failures (connection errors, timeouts): exponential backoff with full jitter."""
+
+    max_attempts: int = Field(default=3, ge=1, le=20, description="calls in all, the first included")
+    base_delay_seconds: float = Field(default=0.05, ge=0, le=60)
+    max_delay_seconds: float = Field(default=2.0, ge=0, le=600)
+
+
 class IngestSettings(_Section):
     batch_size: int = Field(default=5000, ge=1, le=1_000_000, description="events per COPY batch (one transaction)")
 
@@ -288,6 +340,219 @@ class IngestSettings(_Section):
 class QuerySettings(_Section):
     default_page_size: int = Field(default=100, ge=1, le=10_000)
     max_page_size: int = Field(default=1000, ge=1, le=10_000, description="hard cap: a larger limit is an error")
+
+
+_DAY_NAMES = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+_WEEKDAYS = {**{d: i for i, d in enumerate(_DAY_NAMES, 1)}, **{d[:3]: i for i, d in enumerate(_DAY_NAMES, 1)}}
+
+
+class ReportSettings(_Section):
+    """HIPAA reports (``db.reports``): how disclosures, break-glass and after-hours events are recognised, and where
+    the Dagster ``compliance_summary`` asset writes (``AUDIT_REPORTS__*``).
+
+    An event is a *disclosure* when its action matches one of ``disclosure_actions`` (``*`` matches anything) or its
+    ``details`` hold ``{"<disclosure_flag>": true}``; *break-glass* when ``details`` hold
+    ``{"<break_glass_flag>": true}``; *after-hours* when its time, in ``timezone``, falls outside
+    ``[working_hours_start, working_hours_end)`` on one of ``working_days`` (ISO numbers, Monday = 1).
+    """
+
+    directory: str | None = Field(
+        default=None, description="where the compliance_summary asset writes its Parquet files (unset: it fails)"
+    )
+    timezone: str = Field(default="UTC", description="IANA time zone of the working hours, e.g. America/New_York")
+    working_hours_start: dt.time = Field(default=dt.time(7, 0), description="local time, inclusive")
+    working_hours_end: dt.time = Field(default=dt.time(19, 0), description="local time, exclusive")
+    working_days: Annotated[tuple[int, ...], NoDecode] = Field(
+        default=(1, 2, 3, 4, 5), description="ISO weekdays (Monday = 1) or names: '1,2,3,4,5' or 'mon,tue,wed,thu,fri'"
+    )
+    disclosure_actions: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=("*.disclose",), description="action patterns of disclosures, comma-separated; '*' matches anything"
+    )
+    disclosure_flag: str = Field(default="disclosure", min_length=1, max_length=64, description="details key")
+    break_glass_flag: str = Field(default="break_glass", min_length=1, max_length=64, description="details key")
+    batch_rows: int = Field(default=50_000, ge=100, le=1_000_000, description="rows per fetch of a report's cursor")
+    statement_timeout_ms: int = Field(
+        default=300_000, ge=0, le=86_400_000, description="per report query (reports read whole months); 0 disables it"
+    )
+    work_mem_mb: int = Field(
+        default=64, ge=1, le=16_384,
+        description="work_mem of report queries: room for the summary's hash aggregates and the reports' sorts",
+    )
+
+    @field_validator("directory", mode="before")
+    @classmethod
+    def _directory(cls, value: Any) -> Any:
+        return (value.strip() or None) if isinstance(value, str) else value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        import zoneinfo
+
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError("is not a known IANA time zone (e.g. UTC, Europe/Paris, America/New_York)") from None
+        return value
+
+    @field_validator("working_hours_start", "working_hours_end")
+    @classmethod
+    def _local_time(cls, value: dt.time, info: pydantic.ValidationInfo) -> dt.time:
+        if value.tzinfo is not None:
+            raise ValueError("must be a local time without an offset (the zone is AUDIT_REPORTS__TIMEZONE)")
+        start = info.data.get("working_hours_start")
+        if info.field_name == "working_hours_end" and start is not None and value <= start:
+            raise ValueError("must be later than working_hours_start (the window is [start, end) in one day)")
+        return value
+
+    @field_validator("working_days", mode="before")
+    @classmethod
+    def _days(cls, value: Any) -> Any:
+        items = [p.strip() for p in value.split(",") if p.strip()] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple, set, frozenset)) or not items:
+            raise ValueError("expected weekdays such as '1,2,3,4,5' or 'mon,tue,wed,thu,fri'")
+        days = set()
+        for item in items:
+            text = str(item).strip().lower()
+            day = int(text) if text.isdigit() else _WEEKDAYS.get(text)
+            if day is None or not 1 <= day <= 7:
+                raise ValueError("each weekday must be 1 (Monday) to 7 (Sunday) or a day name such as 'mon'")
+            days.add(day)
+        return tuple(sorted(days))
+
+    @field_validator("disclosure_actions", mode="before")
+    @classmethod
+    def _patterns(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [p.strip() for p in value.split(",") if p.strip()]
+        if isinstance(value, (list, tuple)) and any(not isinstance(p, str) or not 1 <= len(p) <= 128 for p in value):
+            raise ValueError("each pattern must be a string of 1 to 128 characters")
+        return tuple(value) if isinstance(value, (list, tuple)) else value
+
+
+
+class IntegritySettings(_Section):
+    """Tamper-evident digests (``db.integrity``, ``AUDIT_INTEGRITY__*``): the signing key, the keys trusted to
+    verify, the window length and when a window is sealed. See docs/guides/integrity.md.
+
+    ``signing_key`` (Ed25519, base64 of the 32-byte private key or a PKCS#8 PEM; ``audit-platform integrity keygen``
+    makes one) is needed only where digests are sealed. Verification needs only public keys: the signing key's own,
+    plus ``public_keys`` (base64, comma-separated or a JSON list) — older keys after a rotation, or the only keys on
+    an auditor's machine.
+    """
+
+    signing_key: SecretStr | None = Field(default=None, description="Ed25519 private key that signs new digests")
+    public_keys: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="Ed25519 public keys (base64) trusted to verify digests, besides the signing key's"
+    )
+    window: Period = _period_field("1 day", "event_time window of one digest: whole days, aligned in UTC")
+    seal_delay_seconds: float = Field(
+        default=300.0, ge=0, le=7 * 86_400, description="a window is sealed once it ended this long ago"
+    )
+    cutoff_grace_seconds: float = Field(
+        default=1.0, ge=0, le=3600,
+        description="a seal covers events ingested at least this long before it started (clock safety margin)",
+    )
+    start: dt.date | None = Field(default=None, description="no window before this UTC date is sealed (unset: all)")
+    verify_lookback: Period = _period_field(
+        "35 days", "the scheduled verification re-reads the rows of the windows of this last period"
+    )
+
+    @field_validator("signing_key", mode="before")
+    @classmethod
+    def _signing_key(cls, value: Any) -> Any:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        if not isinstance(raw, str) or not (_is_b64_key(raw) or raw.strip().startswith("-----BEGIN PRIVATE KEY-----")):
+            raise ValueError("must be a base64-encoded 32-byte Ed25519 private key or a PKCS#8 PEM "
+                             "(audit-platform integrity keygen makes one)")
+        return raw.strip()
+
+    @field_validator("public_keys", mode="before")
+    @classmethod
+    def _public_keys(cls, value: Any) -> Any:
+        value = split_list(value, "base64 public keys")
+        for i, key in enumerate(value):
+            if not isinstance(key, str) or not _is_b64_key(key):
+                raise ValueError(f"key {i + 1} is not a base64-encoded 32-byte Ed25519 public key")
+        return tuple(k.strip() for k in value)
+
+    @field_validator("window")
+    @classmethod
+    def _window_days(cls, value: Period) -> Period:
+        if value.months:
+            raise ValueError("must be a whole number of days (e.g. '1 day'), so that windows nest in partitions")
+        return value
+
+
+_DETAIL_KEY = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+#: Event fields whose values may be pseudonymized, besides ``details.<key>`` (a top-level key of ``details``).
+PSEUDONYMIZABLE_FIELDS = ("principal_id", "target_resource_id")
+
+
+class PrivacySettings(_Section):
+    """GDPR (``db.privacy``, ``AUDIT_PRIVACY__*``): which identifiers are stored as pseudonyms from ingestion on,
+    and the key of the mapping's lookup index. See docs/guides/privacy.md.
+
+    ``pseudonymize`` lists fields: ``principal_id``, ``target_resource_id`` and ``details.<key>`` (a top-level key
+    of ``details``), comma-separated or a JSON list; empty (the default) turns pseudonymization off. ``lookup_key``
+    (at least 32 characters; ``python -c "import secrets; print(secrets.token_urlsafe(32))"``) is required as soon
+    as one field is listed, and must be the same for every writer and reader of one database.
+    """
+
+    pseudonymize: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="fields stored as pseudonyms: principal_id, target_resource_id, details.<key>"
+    )
+    lookup_key: SecretStr | None = Field(
+        default=None, description="HMAC key of the mapping's lookup index (required when pseudonymize is set)"
+    )
+
+    @field_validator("pseudonymize", mode="before")
+    @classmethod
+    def _fields(cls, value: Any) -> Any:
+        value = split_list(value, "field names")
+        out: list[str] = []
+        for name in value:
+            if not isinstance(name, str):
+                raise ValueError("each field name must be a string")
+            name = name.strip()
+            detail = name.startswith("details.") and _DETAIL_KEY.match(name[len("details."):])
+            if name not in PSEUDONYMIZABLE_FIELDS and not detail:
+                raise ValueError(f"{name!r} cannot be pseudonymized: use principal_id, target_resource_id or "
+                                 "details.<key> (a top-level key of details: letters, digits, _ and -)")
+            if name not in out:
+                out.append(name)
+        return tuple(out)
+
+    @field_validator("lookup_key", mode="before")
+    @classmethod
+    def _lookup_key(cls, value: Any, info: pydantic.ValidationInfo) -> Any:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            raw = None
+        if raw is None:
+            if info.data.get("pseudonymize"):
+                raise ValueError("is required when AUDIT_PRIVACY__PSEUDONYMIZE lists fields (at least 32 characters, "
+                                 "e.g. from secrets.token_urlsafe(32))")
+            return None
+        if not isinstance(raw, str) or len(raw.strip()) < 32:
+            raise ValueError("must be at least 32 characters (e.g. from secrets.token_urlsafe(32))")
+        return raw.strip()
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.pseudonymize)
+
+
+def _is_b64_key(text: str) -> bool:
+    import base64
+    import binascii
+
+    try:
+        return len(base64.b64decode(text.strip(), validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
@@ -321,8 +586,12 @@ class AuditSettings(BaseSettings):
     maintenance: MaintenanceSettings = MaintenanceSettings()
     cache: CacheSettings = CacheSettings()
     breakers: BreakersSettings = BreakersSettings()
+    retry: RetrySettings = RetrySettings()
     ingest: IngestSettings = IngestSettings()
     query: QuerySettings = QuerySettings()
+    integrity: IntegritySettings = IntegritySettings()
+    reports: ReportSettings = ReportSettings()
+    privacy: PrivacySettings = PrivacySettings()
 
     _subject: ClassVar[str] = "settings"
 
@@ -346,15 +615,7 @@ class AuditSettings(BaseSettings):
     @field_validator("replica_urls", mode="before")
     @classmethod
     def _split_replicas(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            text = value.strip()
-            if text.startswith("["):
-                try:
-                    return json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise ValueError("not a valid JSON list of URLs") from exc
-            return [part.strip() for part in text.split(",") if part.strip()]
-        return value
+        return split_list(value, "URLs")
 
     @field_validator("replica_urls")
     @classmethod
@@ -373,6 +634,18 @@ class AuditSettings(BaseSettings):
     def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
             _check_url(value.get_secret_value(), _REDIS_SCHEMES)
+        return value
+
+    @field_validator("replicas")
+    @classmethod
+    def _analytics_replica(cls, value: ReplicaSettings, info: pydantic.ValidationInfo) -> ReplicaSettings:
+        index = value.analytics_replica
+        urls = info.data.get("replica_urls") or []
+        if index is not None and index >= len(urls):
+            raise ValueError(
+                f"__ANALYTICS_REPLICA is {index} but only {len(urls)} replica URL(s) are set in AUDIT_REPLICA_URLS "
+                "(it is a 0-based index into that list)"
+            )
         return value
 
     @property

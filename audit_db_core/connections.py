@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from audit_db_core.config import AuditSettings
 from audit_db_core.errors import AuditConnectionError, classify, redact
@@ -56,6 +57,7 @@ class ReplicaStatus:
     max_lag_seconds: float
     latency_ms: float
     error: str | None = None
+    replay_lsn: int | None = None  # pg_last_wal_replay_lsn() as a byte position (read-your-writes compares it)
 
     @property
     def healthy(self) -> bool:
@@ -94,8 +96,35 @@ _REPLICA_LAG = (
     "      THEN greatest(pg_wal_lsn_diff(%(primary)s::pg_lsn, pg_last_wal_replay_lsn()), 0)::bigint END,"
     " CASE WHEN NOT pg_is_in_recovery() THEN NULL"
     "      WHEN pg_wal_lsn_diff(%(primary)s::pg_lsn, pg_last_wal_replay_lsn()) <= 0 THEN 0"
-    "      ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END"
+    "      ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,"
+    " (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"
 )
+
+#: The WAL position a read's snapshot includes (replay position on a standby, insert position on the primary),
+#: and the position right after a commit (what read-your-writes waits for): a byte offset as a bigint.
+CURRENT_LSN = (
+    "SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_insert_lsn() END"
+    " - '0/0'::pg_lsn)::bigint"
+)
+
+
+def current_lsn(conn: psycopg.Connection[Any]) -> int:
+    """See :data:`CURRENT_LSN`."""
+    row = conn.execute(CURRENT_LSN).fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def format_lsn(lsn: int) -> str:
+    """A byte position in PostgreSQL's ``X/Y`` notation."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def parse_lsn(text: str) -> int:
+    """``'0/16B3748'`` → its byte position; raises ``ValueError`` on anything else."""
+    high, sep, low = text.strip().partition("/")
+    if not sep or not high or not low:
+        raise ValueError(f"not a WAL position (expected X/Y in hex): {text!r}")
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 class ConnectionManager:
@@ -105,6 +134,9 @@ class ConnectionManager:
         self.settings = settings
         self._primary: ConnectionPool | None = None
         self._replicas: list[ConnectionPool] = []
+        self._probe_lock = threading.Lock()
+        self._probe_at = float("-inf")
+        self._probe_result: str | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -145,6 +177,7 @@ class ConnectionManager:
             name=name,
             open=True,
             check=ConnectionPool.check_connection,
+            reconnect_timeout=self.settings.pool.reconnect_timeout_seconds,
         )
 
     def _probe(self, pool_error: BaseException) -> str:
@@ -184,17 +217,82 @@ class ConnectionManager:
 
     @contextmanager
     def connection(self, *, operation: str = "connection") -> Iterator[psycopg.Connection[Any]]:
-        """A primary connection from the pool; driver errors come out as classified ``AuditError``s."""
+        """A primary connection from the pool (committed on a clean exit, rolled back on an error); driver errors
+        come out as classified ``AuditError``s.
+
+        A pool with no free connection makes the caller wait up to ``AUDIT_POOL__TIMEOUT_SECONDS`` — when the pool
+        is merely busy. When the primary is *down*, the wait ends within a fraction of a second with
+        :class:`AuditConnectionError` naming the cause: after a short wait the library probes the server once
+        (one probe per second for all waiting callers) and gives up at once if it refuses connections.
+        """
         pool = self.primary_pool
+        conn = self._acquire(pool, self.settings.pool.timeout_seconds, operation, probe=self._primary_down)
         try:
-            with pool.connection() as conn:
+            with conn:
                 yield conn
         except psycopg.Error as exc:
             raise classify(exc, operation=operation) from exc
-        except Exception as exc:
-            if type(exc).__module__.startswith("psycopg_pool"):
-                raise classify(exc, operation=operation) from exc
-            raise
+        finally:
+            pool.putconn(conn)
+
+    @contextmanager
+    def replica_connection(self, index: int, *, operation: str = "query") -> Iterator[psycopg.Connection[Any]]:
+        """A connection to replica ``index`` from its pool, waiting at most ``AUDIT_REPLICAS__ACQUIRE_TIMEOUT_SECONDS``
+        (the router then fails the read over to the primary)."""
+        pool = self._replicas[index]
+        conn = self._acquire(pool, self.settings.replicas.acquire_timeout_seconds, operation, probe=None)
+        try:
+            with conn:
+                yield conn
+        except psycopg.Error as exc:
+            raise classify(exc, operation=operation, server=pool.name) from exc
+        finally:
+            pool.putconn(conn)
+
+    def _acquire(
+        self, pool: ConnectionPool, timeout: float, operation: str, *, probe: Any
+    ) -> psycopg.Connection[Any]:
+        deadline = time.monotonic() + timeout
+        step = 0.25
+        # A short first wait; if it times out, ask whether the server is down (fail now) or only busy (wait on).
+        first = min(step, timeout) if probe is not None else timeout
+        try:
+            try:
+                return pool.getconn(timeout=first)
+            except PoolTimeout:
+                remaining = deadline - time.monotonic()
+                if probe is None or remaining <= 0:
+                    raise
+                down = probe()
+                if down is not None:
+                    raise AuditConnectionError(
+                        f"database unreachable: {down}", operation=operation, server=pool.name
+                    ) from None
+                return pool.getconn(timeout=remaining)
+        except PoolTimeout as exc:
+            raise classify(exc, operation=operation, server=pool.name) from None
+        except psycopg.Error as exc:
+            raise classify(exc, operation=operation, server=pool.name) from exc
+
+    def _primary_down(self) -> str | None:
+        """``None`` when the primary accepts connections, else why not. Probes at most once a second (one caller
+        probes, the others take its answer); "too many connections" counts as up: the server is busy, not down."""
+        with self._probe_lock:
+            now = time.monotonic()
+            if now - self._probe_at < 1.0:
+                return self._probe_result
+            try:
+                psycopg.connect(
+                    self.settings.database_url.get_secret_value(),
+                    **{**connect_kwargs(self.settings), "connect_timeout": min(2, self.settings.pool.connect_timeout_seconds)},
+                ).close()
+                result = None
+            except psycopg.errors.TooManyConnections:
+                result = None
+            except Exception as exc:
+                result = _reason(exc)
+            self._probe_at, self._probe_result = time.monotonic(), result
+            return result
 
     @contextmanager
     def dedicated_connection(
@@ -218,7 +316,7 @@ class ConnectionManager:
         """Reach the primary: ``{"reachable", "latency_ms", "server_version", "in_recovery", "error"}``."""
         started = time.perf_counter()
         try:
-            with self.primary_pool.connection(timeout=self.settings.pool.timeout_seconds) as conn:
+            with self.connection(operation="health") as conn:
                 cur = conn.cursor(row_factory=dict_row)  # a cursor's factory: the pooled connection stays as it was
                 row = cur.execute(
                     "SELECT current_setting('server_version') AS server_version,"
@@ -270,7 +368,7 @@ class ConnectionManager:
         primary_error: str | None = None
         try:
             if self._primary is not None:  # open: borrow a pooled connection rather than make one
-                with self._primary.connection(timeout=self.settings.pool.timeout_seconds) as conn:
+                with self.connection(operation="replica_status") as conn:
                     row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
             else:
                 with psycopg.connect(self.settings.database_url.get_secret_value(),
@@ -286,6 +384,7 @@ class ConnectionManager:
             in_recovery: bool | None = None
             lag_bytes: int | None = None
             lag_seconds: float | None = None
+            replay_lsn: int | None = None
             error: str | None = primary_error
             try:
                 with psycopg.connect(url.get_secret_value(), **connect_kwargs(self.settings)) as conn:
@@ -298,6 +397,7 @@ class ConnectionManager:
                             in_recovery = bool(row[0])
                             lag_bytes = None if row[1] is None else int(row[1])
                             lag_seconds = None if row[2] is None else round(max(float(row[2]), 0.0), 3)
+                            replay_lsn = None if row[3] is None else int(row[3])
                             if in_recovery and lag_seconds is None:
                                 error = "no transaction replayed since the replica started: lag in seconds unknown"
                 reachable = True
@@ -307,7 +407,7 @@ class ConnectionManager:
                 name=name, url=redact(url.get_secret_value()), reachable=reachable, in_recovery=in_recovery,
                 lag_bytes=lag_bytes, lag_seconds=lag_seconds, max_lag_bytes=bounds.max_lag_bytes,
                 max_lag_seconds=bounds.max_lag_seconds, latency_ms=round((time.perf_counter() - started) * 1000, 3),
-                error=error,
+                error=error, replay_lsn=replay_lsn,
             ))
         return out
 

@@ -12,26 +12,37 @@ Example::
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import itertools
 import logging
+import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
-from typing import Any, get_args
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING, Any, get_args
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from audit_db_core.breakers import BreakerRegistry, GuardedConnections, RetryPolicy, counts_as_failure, retry
+from audit_db_core.cache import QueryCache, range_scopes, read_scope, write_scopes
 from audit_db_core.config import AuditSettings, ConsistencyLevel
-from audit_db_core.connections import ConnectionManager
+from audit_db_core.connections import ConnectionManager, current_lsn, format_lsn, parse_lsn
 from audit_db_core.errors import AuditError, AuditValidationError, classify
-from audit_db_core.events import EVENT_COLUMNS, AuditEvent, StoredAuditEvent
+from audit_db_core.events import EVENT_COLUMNS, AuditEvent, DataClassification, EventStatus, StoredAuditEvent
 from audit_db_core.health import HealthReport, build_health_report
-from audit_db_core.migrate import MigrationResult, migrate
-from audit_db_core.partitions import PartitionManager
+from audit_db_core.migrate import SCHEMA_VERSION, MigrationResult, migrate
+from audit_db_core.partitions import PartitionBounds, PartitionManager
+from audit_db_core.privacy import PrivacyManager
 from audit_db_core.query import AuditQuery, QueryPage, count_statement, encode_cursor, page_size, select_statement
+from audit_db_core.routing import ReplicaRouter, RouteTarget
+
+if TYPE_CHECKING:
+    from audit_db_core.integrity import IntegrityManager
+    from audit_db_core.reports import ReportManager
 
 logger = logging.getLogger("audit_db_core.database")
 
@@ -135,7 +146,15 @@ def _copy_batch(conn: psycopg.Connection[Any], events: list[AuditEvent]) -> int:
     raise AssertionError("unreachable")
 
 
-def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_size: int, *, commit_each: bool) -> int:
+def _insert_many(
+    conn: psycopg.Connection[Any],
+    events: Iterable[Any],
+    batch_size: int,
+    *,
+    commit_each: bool,
+    on_batch: Callable[[psycopg.Connection[Any], list[AuditEvent]], None] | None = None,
+) -> int:
+    """``on_batch(conn, batch)`` runs after each batch is written (after its commit when ``commit_each``)."""
     written = 0
     seen = 0
     iterator = iter(events)
@@ -155,6 +174,8 @@ def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_siz
                     written += _copy_batch(conn, batch)
             else:
                 written += _copy_batch(conn, batch)
+            if on_batch is not None:
+                on_batch(conn, batch)
         except psycopg.Error as exc:
             err = classify(exc, operation="insert_many", events_before_batch=seen)
             if commit_each and seen:
@@ -163,9 +184,27 @@ def _insert_many(conn: psycopg.Connection[Any], events: Iterable[Any], batch_siz
         seen += len(chunk)
 
 
-def _query(conn: psycopg.Connection[Any], query: AuditQuery, settings: AuditSettings) -> QueryPage:
+def _lsn_after_commit(conn: psycopg.Connection[Any]) -> int:
+    """The WAL position after the commit just made on ``conn``, read in one round trip and leaving no transaction
+    open (the next batch of ``insert_many`` must begin a top-level transaction of its own)."""
+    if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+        with conn.transaction():
+            return current_lsn(conn)
+    conn.autocommit = True  # client-side switch while idle: no BEGIN / COMMIT round trips
+    try:
+        return current_lsn(conn)
+    finally:
+        conn.autocommit = False
+
+
+def _check_query(query: Any) -> AuditQuery:
     if not isinstance(query, AuditQuery):
         raise AuditValidationError("AuditQuery", [("query", f"expected an AuditQuery, not {type(query).__name__}")])
+    return query
+
+
+def _query(conn: psycopg.Connection[Any], query: AuditQuery, settings: AuditSettings) -> QueryPage:
+    _check_query(query)
     limit = page_size(query, settings.query.max_page_size, settings.query.default_page_size)
     stmt, params = select_statement(query, limit)
     with conn.cursor(row_factory=dict_row) as cur:
@@ -176,8 +215,7 @@ def _query(conn: psycopg.Connection[Any], query: AuditQuery, settings: AuditSett
 
 
 def _count(conn: psycopg.Connection[Any], query: AuditQuery) -> int:
-    if not isinstance(query, AuditQuery):
-        raise AuditValidationError("AuditQuery", [("query", f"expected an AuditQuery, not {type(query).__name__}")])
+    _check_query(query)
     stmt, params = count_statement(query)
     row = conn.execute(stmt, params).fetchone()
     return int(row[0]) if row else 0
@@ -193,21 +231,29 @@ def _check_consistency(consistency: str) -> None:
 class AuditTransaction:
     """Writes and reads inside one database transaction: all of it commits, or none of it."""
 
-    def __init__(self, conn: psycopg.Connection[Any], settings: AuditSettings) -> None:
+    def __init__(self, conn: psycopg.Connection[Any], settings: AuditSettings,
+                 privacy: PrivacyManager | None = None) -> None:
         self._conn = conn
         self._settings = settings
+        self._privacy = privacy if privacy is not None else PrivacyManager(None, settings)
+        self.written_times: set[dt.datetime] = set()  # for cache invalidation once the transaction commits
 
     def insert(self, event: AuditEvent) -> bool:
-        return _insert_one(self._conn, event)
+        ev = self._privacy.protect_one(_as_event(event, None), self._conn)
+        new = _insert_one(self._conn, ev)
+        self.written_times.add(ev.event_time)
+        return new
 
     def insert_many(self, events: Iterable[AuditEvent]) -> int:
-        return _insert_many(self._conn, events, self._settings.ingest.batch_size, commit_each=False)
+        events = self._privacy.protect(events, self._conn)
+        return _insert_many(self._conn, events, self._settings.ingest.batch_size, commit_each=False,
+                            on_batch=lambda _conn, batch: self.written_times.update(e.event_time for e in batch))
 
     def query(self, query: AuditQuery) -> QueryPage:
-        return _query(self._conn, query, self._settings)
+        return _query(self._conn, self._privacy.translate(_check_query(query), self._conn), self._settings)
 
     def count(self, query: AuditQuery) -> int:
-        return _count(self._conn, query)
+        return _count(self._conn, self._privacy.translate(_check_query(query), self._conn))
 
 
 def _operation(name: str) -> Any:
@@ -236,25 +282,78 @@ def _operation(name: str) -> Any:
     return wrap
 
 
+# -- cached pages as JSON (L2 holds JSON, never pickles) ----------------------------------------------------------------
+
+
+def _page_to_json(page: QueryPage) -> dict[str, Any]:
+    rows = []
+    for ev in page.events:
+        row = {c: getattr(ev, c) for c in EVENT_COLUMNS}
+        row["event_id"] = str(ev.event_id)
+        row["event_time"] = ev.event_time.isoformat()
+        row["status"] = ev.status.value if isinstance(ev.status, EventStatus) else ev.status
+        row["data_classification"] = (ev.data_classification.value
+                                      if isinstance(ev.data_classification, DataClassification)
+                                      else ev.data_classification)
+        row["content_hash"] = ev.stored_content_hash.hex() if ev.stored_content_hash is not None else None
+        row["ingested_at"] = ev.ingested_at.isoformat() if ev.ingested_at is not None else None
+        rows.append(row)
+    return {"rows": rows, "next": page.next_cursor, "limit": page.limit}
+
+
+def _page_from_json(doc: dict[str, Any]) -> QueryPage:
+    events = []
+    for row in doc["rows"]:
+        row = dict(row)
+        row["event_id"] = uuid.UUID(row["event_id"])
+        row["event_time"] = dt.datetime.fromisoformat(row["event_time"])
+        row["content_hash"] = bytes.fromhex(row["content_hash"]) if row["content_hash"] else None
+        row["ingested_at"] = dt.datetime.fromisoformat(row["ingested_at"]) if row["ingested_at"] else None
+        events.append(StoredAuditEvent.from_row(row))
+    return QueryPage(events=events, next_cursor=doc["next"], limit=doc["limit"])
+
+
+def _served(page: QueryPage, source: str) -> QueryPage:
+    """A page of its own for the caller (cached pages are shared), saying where it came from."""
+    return QueryPage(events=list(page.events), next_cursor=page.next_cursor, limit=page.limit,
+                     extra={"source": source})
+
+
 class AuditDatabase:
     """The audit log client: pools, writes, reads, partitions and health behind one object.
 
     Open it as a context manager (or call :meth:`open` / :meth:`close`). Methods are thread-safe: each call
     borrows a pooled connection.
+
+    Reads take a consistency level (``strong`` → primary, ``bounded`` / ``eventual`` → a replica in rotation, see
+    :mod:`audit_db_core.routing`) and go through the two-tier query cache unless ``strong``. Writes go to the
+    primary behind its circuit breaker: while it is open they fail at once with ``CircuitOpenError``.
     """
 
     def __init__(self, settings: AuditSettings | None = None) -> None:
         self.settings = settings if settings is not None else AuditSettings()
         self.connections = ConnectionManager(self.settings)
+        self.breakers = BreakerRegistry(self.settings.breakers, on_change=self._breaker_changed)
+        self.cache = QueryCache(self.settings, schema_version=SCHEMA_VERSION, breakers=self.breakers)
+        self.router = ReplicaRouter(self.settings, self.connections, self.breakers)
+        r = self.settings.retry
+        self.retry_policy = RetryPolicy(r.max_attempts, r.base_delay_seconds, r.max_delay_seconds)
         self._partitions: PartitionManager | None = None
+        self._local = threading.local()
+        # The commit position of writes is needed to invalidate the cache and to read your own writes.
+        self._track_lsn = self.cache.enabled or bool(self.settings.replica_urls)
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def open(self) -> AuditDatabase:
         self.connections.open()
+        self.cache.open()
+        self.router.start()
         return self
 
     def close(self) -> None:
+        self.router.stop()
+        self.cache.close()
         self.connections.close()
 
     def __enter__(self) -> AuditDatabase:
@@ -268,10 +367,75 @@ class AuditDatabase:
 
     @property
     def partitions(self) -> PartitionManager:
-        """The :class:`PartitionManager` bound to this database."""
+        """The :class:`PartitionManager` bound to this database (its drops and detaches invalidate the cache)."""
         if self._partitions is None:
-            self._partitions = PartitionManager(self.connections, self.settings)
+            self._partitions = PartitionManager(
+                GuardedConnections(self.connections, self.breakers.get("partitions")), self.settings,
+                on_removed=self._removed,
+            )
         return self._partitions
+
+    @property
+    def integrity(self) -> IntegrityManager:
+        """The :class:`~audit_db_core.integrity.IntegrityManager` bound to this database: seal signed digests,
+        verify them against the rows and archives, prove that one event is included."""
+        from audit_db_core.integrity import IntegrityManager
+
+        return IntegrityManager(self.connections, self.settings)
+
+    @functools.cached_property
+    def privacy(self) -> PrivacyManager:
+        """The :class:`~audit_db_core.privacy.PrivacyManager` (GDPR: pseudonyms at ingestion, queries by identity,
+        subject export and erasure) bound to this database."""
+        return PrivacyManager(self.connections, self.settings)
+
+    @property
+    def reports(self) -> ReportManager:
+        """The :class:`~audit_db_core.reports.ReportManager` (HIPAA access, activity, disclosure and summary
+        reports) bound to this database."""
+        from audit_db_core.reports import ReportManager  # on first use: pandas takes about a second to import
+
+        analytics = self._analytics_connection if self.settings.replicas.analytics_replica is not None else None
+        return ReportManager(self.connections, self.settings, read_connection=analytics)
+
+    @contextmanager
+    def _analytics_connection(self, *, operation: str = "report") -> Iterator[psycopg.Connection[Any]]:
+        """A connection for heavy reads: the analytics replica when it is in rotation and within the ``bounded``
+        lag, else the primary. Only the acquisition falls back; a report that fails midway fails."""
+        target = self.router.choose("bounded", analytics=True)
+        if target.index is not None and target.index == self.settings.replicas.analytics_replica:
+            breaker = self.breakers.get(target.name)
+            if breaker.allow():
+                stack = ExitStack()
+                try:
+                    conn = stack.enter_context(self.connections.replica_connection(target.index, operation=operation))
+                except AuditError as exc:
+                    breaker.record(exc)  # could not get a connection: the report runs on the primary
+                else:
+                    self.router.count(target.name)
+                    with stack:
+                        try:
+                            yield conn
+                        except BaseException as exc:
+                            breaker.record(exc)
+                            raise
+                        breaker.record_success()
+                    return
+        self.router.count("primary")
+        with self.connections.connection(operation=operation) as conn:
+            yield conn
+
+    def _breaker_changed(self, breaker: Any, old: Any, new: Any) -> None:
+        self.cache.report_breaker(breaker.name, new.value, {"last_failure": breaker._last_failure})
+
+    def _removed(self, bounds: PartitionBounds) -> None:
+        """Rows of ``bounds`` left the log (purge, detach): cached results over that range are stale."""
+        try:
+            with self.connections.connection(operation="invalidate") as conn:
+                lsn = current_lsn(conn)
+        except AuditError:
+            lsn = 2**62  # beyond any position a cached result can claim: invalidates for good
+        self.cache.invalidate(range_scopes(bounds.start, bounds.end), lsn)
 
     # -- schema --------------------------------------------------------------------------------------------------
 
@@ -283,14 +447,65 @@ class AuditDatabase:
         self.partitions.premake()
         return result
 
+    # -- the primary, behind its breaker -------------------------------------------------------------------------
+
+    @contextmanager
+    def _primary(self, operation: str) -> Iterator[psycopg.Connection[Any]]:
+        """A primary connection, refused at once while the primary's breaker is open; connection failures and
+        timeouts count against the breaker."""
+        breaker = self.breakers.get("primary")
+        breaker.check(operation=operation)
+        try:
+            with self.connections.connection(operation=operation) as conn:
+                yield conn
+        except BaseException as exc:
+            breaker.record(exc)
+            raise
+        else:
+            breaker.record_success()
+
+    def _retrying(self, fn: Callable[[], Any]) -> Any:
+        return retry(fn, self.retry_policy)
+
+    def _committed(self, conn: psycopg.Connection[Any], times: Iterable[dt.datetime]) -> None:
+        """After a commit on ``conn``: remember its WAL position (read-your-writes) and invalidate the cache here.
+        Other processes learn of it from ``cache.publish()``, called once the connection is back in the pool (no
+        Redis round trip while a database connection is held)."""
+        if not self._track_lsn:
+            return
+        lsn = _lsn_after_commit(conn)
+        if lsn > getattr(self._local, "lsn", 0):
+            self._local.lsn = lsn
+        self.cache.invalidate(write_scopes(times), lsn, publish=False)
+
+    @property
+    def last_write_lsn(self) -> str | None:
+        """The WAL position just after this thread's last commit (``X/Y``), or ``None``. Hand it to another
+        thread or process as ``query(..., after_lsn=...)`` to read that write from a replica."""
+        lsn = getattr(self._local, "lsn", 0)
+        return format_lsn(lsn) if lsn else None
+
     # -- writes --------------------------------------------------------------------------------------------------
 
     @_operation("insert")
     def insert(self, event: AuditEvent) -> bool:
-        """Store one event. Returns ``False`` when that event (same time and id) was already stored."""
+        """Store one event. Returns ``False`` when that event (same time and id) was already stored.
+
+        Retried with jittered backoff on connection errors and timeouts (safe: a retried event is never stored
+        twice); refused at once with ``CircuitOpenError`` while the primary's breaker is open.
+        """
         ev = _as_event(event, None)
-        with self.connections.connection(operation="insert") as conn:
-            return _insert_one(conn, ev)
+
+        def attempt() -> bool:
+            with self._primary("insert") as conn:
+                new = _insert_one(conn, self.privacy.protect_one(ev, conn))
+                self._committed(conn, (ev.event_time,))
+                return new
+
+        try:
+            return self._retrying(attempt)
+        finally:
+            self.cache.publish()
 
     @_operation("insert_many")
     def insert_many(self, events: Iterable[AuditEvent]) -> int:
@@ -299,28 +514,171 @@ class AuditDatabase:
         Idempotent: events already stored are skipped, never duplicated and never an error, so a caller that is
         unsure whether a call went through re-sends it all. Returns how many events were newly written.
         """
-        with self.connections.connection(operation="insert_many") as conn:
-            return _insert_many(conn, events, self.settings.ingest.batch_size, commit_each=True)
+        try:
+            with self._primary("insert_many") as conn:
+                events = self.privacy.protect(events, conn)
+                return _insert_many(conn, events, self.settings.ingest.batch_size, commit_each=True,
+                                    on_batch=lambda c, batch: self._committed(c, (e.event_time for e in batch)))
+        finally:
+            self.cache.publish()  # also after a failure: batches committed before it must reach other processes
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
+    def _read_options(self, consistency: Any, read_your_writes: bool, after_lsn: str | None) -> int:
+        _check_consistency(consistency)
+        min_lsn = getattr(self._local, "lsn", 0) if read_your_writes else 0
+        if after_lsn is not None:
+            try:
+                min_lsn = max(min_lsn, parse_lsn(after_lsn))
+            except (ValueError, AttributeError):
+                raise AuditValidationError(
+                    "query", [("after_lsn", "must be a WAL position such as '0/16B3748' (see last_write_lsn)")]
+                ) from None
+        return min_lsn
+
+    def _read(
+        self,
+        operation: str,
+        run: Callable[[psycopg.Connection[Any]], Any],
+        *,
+        consistency: ConsistencyLevel,
+        analytics: bool,
+        min_lsn: int,
+    ) -> tuple[Any, int, str]:
+        """Run ``run`` on the server the router picks; returns (result, WAL position it reflects, server name).
+
+        A replica that fails (or has not replayed ``min_lsn`` yet) hands the read to the primary."""
+        target = self.router.choose(consistency, analytics=analytics)
+        if not target.is_primary:
+            found = self._read_replica(target, operation, run, min_lsn)
+            if found is not None:
+                return found
+        def on_primary() -> tuple[Any, int, str]:
+            with self._primary(operation) as conn:
+                as_of = current_lsn(conn) if self._track_lsn else 0
+                return run(conn), as_of, "primary"
+
+        result = self._retrying(on_primary)
+        self.router.count("primary")
+        return result
+
+    def _read_replica(
+        self, target: RouteTarget, operation: str, run: Callable[[psycopg.Connection[Any]], Any], min_lsn: int
+    ) -> tuple[Any, int, str] | None:
+        assert target.index is not None
+        breaker = self.breakers.get(target.name)
+        if not breaker.allow():
+            return None
+        try:
+            with self.connections.replica_connection(target.index, operation=operation) as conn:
+                as_of = current_lsn(conn)
+                if min_lsn and as_of < min_lsn:
+                    breaker.record_success()
+                    self.router.count("ryw_fallbacks")
+                    return None
+                result = run(conn)
+        except AuditValidationError:
+            breaker.record_success()
+            raise
+        except AuditError as exc:
+            breaker.record(exc)
+            if counts_as_failure(exc):  # down or timing out (a busy pool is neither): out of rotation
+                self.router.mark_failed(target.index, exc)
+            else:
+                logger.info("read on %s failed (%s); retried on the primary", target.name, exc.message)
+            return None
+        breaker.record_success()
+        self.router.count(target.name)
+        return result, as_of, target.name
+
+    def _cached_read(
+        self,
+        kind: str,
+        query: AuditQuery,
+        params: dict[str, Any],
+        run: Callable[[psycopg.Connection[Any]], Any],
+        *,
+        consistency: ConsistencyLevel,
+        analytics: bool,
+        min_lsn: int,
+        use_cache: bool,
+        encode: Callable[[Any], Any] | None,
+        decode: Callable[[Any], Any] | None,
+    ) -> tuple[Any, str]:
+        cacheable = use_cache and self.cache.enabled and consistency != "strong"
+        if not cacheable:
+            result, _, source = self._read(kind, run, consistency=consistency, analytics=analytics, min_lsn=min_lsn)
+            return result, source
+        scope = read_scope(query.since, query.until)
+        key = self.cache.key(kind, query.filters(), params)
+        hit = self.cache.get(key, scope, decode, min_generation=min_lsn)
+        if hit is not None:
+            return hit.value, f"cache-{hit.tier}"
+        seen = self.cache.generations(scope)
+        result, as_of, source = self._read(kind, run, consistency=consistency, analytics=analytics, min_lsn=min_lsn)
+        if as_of:
+            limits = self.cache.limits(scope, seen, as_of, from_replica=source != "primary")
+            closed = query.until is not None and query.until <= dt.datetime.now(dt.UTC)
+            self.cache.set(key, result, scope=scope, limits=limits, closed=closed, encode=encode)
+        return result, source
+
     @_operation("query")
-    def query(self, query: AuditQuery, *, consistency: ConsistencyLevel = "strong") -> QueryPage:
+    def query(
+        self,
+        query: AuditQuery,
+        *,
+        consistency: ConsistencyLevel = "strong",
+        read_your_writes: bool = False,
+        after_lsn: str | None = None,
+        analytics: bool = False,
+        use_cache: bool = True,
+    ) -> QueryPage:
         """One page of events matching ``query``, newest first; ``page.next_cursor`` leads to the next page.
 
-        ``consistency`` is accepted for every level; until replica routing is configured every level reads from
-        the primary, which satisfies all three.
+        ``consistency``: ``strong`` reads the primary (never the cache); ``bounded`` a replica within
+        ``AUDIT_REPLICAS__BOUNDED_LAG_SECONDS``; ``eventual`` any replica in rotation — both through the cache.
+        ``read_your_writes=True``: a replica only once it has replayed this thread's last write
+        (``after_lsn`` does the same for a position from :attr:`last_write_lsn` of another thread or process).
+        ``analytics=True`` prefers the dedicated analytics replica. ``page.extra["source"]`` says which server
+        (or cache tier) answered.
+
+        Example::
+
+            db.insert(event)
+            page = db.query(AuditQuery(principal_id="u1"), consistency="eventual", read_your_writes=True)
         """
-        _check_consistency(consistency)
-        with self.connections.connection(operation="query") as conn:
-            return _query(conn, query, self.settings)
+        query = self.privacy.translate(_check_query(query))  # before the cache key: never keyed on an identifier
+        min_lsn = self._read_options(consistency, read_your_writes, after_lsn)
+        limit = page_size(query, self.settings.query.max_page_size, self.settings.query.default_page_size)
+        page, source = self._cached_read(
+            "page", query, {"limit": limit, "cursor": query.cursor},
+            lambda conn: _query(conn, query, self.settings),
+            consistency=consistency, analytics=analytics, min_lsn=min_lsn, use_cache=use_cache,
+            encode=_page_to_json, decode=_page_from_json,
+        )
+        return _served(page, source)
 
     @_operation("count")
-    def count(self, query: AuditQuery, *, consistency: ConsistencyLevel = "strong") -> int:
-        """How many events match ``query`` (its ``limit`` and ``cursor`` are ignored)."""
-        _check_consistency(consistency)
-        with self.connections.connection(operation="count") as conn:
-            return _count(conn, query)
+    def count(
+        self,
+        query: AuditQuery,
+        *,
+        consistency: ConsistencyLevel = "strong",
+        read_your_writes: bool = False,
+        after_lsn: str | None = None,
+        analytics: bool = False,
+        use_cache: bool = True,
+    ) -> int:
+        """How many events match ``query`` (its ``limit`` and ``cursor`` are ignored); routing and caching as
+        :meth:`query`."""
+        query = self.privacy.translate(_check_query(query))
+        min_lsn = self._read_options(consistency, read_your_writes, after_lsn)
+        value, _ = self._cached_read(
+            "count", query, {}, lambda conn: _count(conn, query),
+            consistency=consistency, analytics=analytics, min_lsn=min_lsn, use_cache=use_cache,
+            encode=None, decode=None,
+        )
+        return int(value)
 
     @contextmanager
     def transaction(self) -> Iterator[AuditTransaction]:
@@ -332,17 +690,22 @@ class AuditDatabase:
                 tx.insert(first)
                 tx.insert_many(more)
         """
-        with self.connections.connection(operation="transaction") as conn:
+        with self._primary("transaction") as conn:
             try:
                 with conn.transaction():
-                    yield AuditTransaction(conn, self.settings)
+                    tx = AuditTransaction(conn, self.settings, self.privacy)
+                    yield tx
             except psycopg.Error as exc:
                 err = classify(exc, operation="transaction")
                 logger.warning("transaction failed: %s", err.message, extra={"audit": err.to_dict()})
                 raise err from exc
+            if tx.written_times:
+                self._committed(conn, tx.written_times)
+        self.cache.publish()
 
     # -- health --------------------------------------------------------------------------------------------------
 
     def health(self) -> HealthReport:
-        """Primary reachability and version, pool statistics (never raises: failures are in the report)."""
+        """One structured report: primary, schema, each replica, Redis, breakers, pools, cache, partition
+        coverage, DEFAULT rows (never raises: failures are in the report)."""
         return build_health_report(self)

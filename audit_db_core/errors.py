@@ -190,6 +190,29 @@ class AuditTimeoutError(AuditError):
     retryable = True
 
 
+class CircuitOpenError(AuditConnectionError):
+    """A circuit breaker is open: the component failed repeatedly, so calls fail at once instead of waiting.
+
+    ``component`` names the breaker (``primary``, ``replica-0``, ``redis``, ``partitions``); ``retry_after`` is how
+    many seconds remain before the breaker lets a trial call through.
+    """
+
+    severity = Severity.HIGH
+    retryable = True
+
+    def __init__(self, component: str, retry_after: float, *, operation: str | None = None, **context: Any) -> None:
+        self.component = component
+        self.retry_after = max(retry_after, 0.0)
+        super().__init__(
+            f"{component} is unavailable: its circuit breaker is open after repeated failures; "
+            f"retry in {self.retry_after:.1f} s",
+            operation=operation,
+            component=component,
+            retry_after_seconds=round(self.retry_after, 3),
+            **context,
+        )
+
+
 class PartitionError(AuditError):
     """A partition could not be created, found or changed."""
 
@@ -240,6 +263,13 @@ class DatabaseError(AuditError):
     severity = Severity.HIGH
 
 
+#: Appended to permission errors: which group role (migration 0007_roles) grants what.
+_ROLES_HINT = (
+    "hint: the database role in use lacks this privilege; grant it audit_writer to insert and query, audit_reader "
+    "to query, audit_maintainer for migrations and the partition lifecycle"
+)
+
+
 def classify(exc: BaseException, *, operation: str | None = None, **context: Any) -> AuditError:
     """Map a driver exception onto the library's hierarchy (an ``AuditError`` is returned as it is).
 
@@ -258,13 +288,18 @@ def classify(exc: BaseException, *, operation: str | None = None, **context: Any
         context.setdefault("sqlstate", sqlstate)
     err: AuditError
     if _is_pool_timeout(exc):  # a PoolTimeout is an OperationalError too: test it first
-        err = AuditTimeoutError(f"no database connection available in time: {message}", operation=operation, **context)
+        # The pool was busy (every connection in use), which says nothing about the server's health.
+        err = AuditTimeoutError(f"no database connection available in time: {message}", operation=operation,
+                                pool_exhausted=True, **context)
     elif isinstance(exc, psycopg.errors.QueryCanceled):
         err = AuditTimeoutError(f"statement timed out: {message}", operation=operation, **context)
     elif isinstance(exc, psycopg.errors.RaiseException) and ("append-only" in message or "is archived and read-only" in message):
         err = ComplianceError(message, operation=operation, **context)
     elif isinstance(exc, psycopg.errors.InsufficientPrivilege):
-        err = ComplianceError(f"not permitted: {message}", operation=operation, **context)
+        doing = f" to {operation}" if operation else ""
+        # The server's own hint is more specific than ours (the migration's role checks give one).
+        guidance = "" if hint else f" ({_ROLES_HINT})"
+        err = ComplianceError(f"not permitted{doing}: {message}{guidance}", operation=operation, **context)
     elif isinstance(exc, (psycopg.errors.ConnectionException, psycopg.errors.AdminShutdown)) or (
         isinstance(exc, psycopg.OperationalError) and sqlstate is None
     ):

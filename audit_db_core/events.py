@@ -331,15 +331,23 @@ class StoredAuditEvent(AuditEvent):
     def from_row(cls, row: Mapping[str, Any]) -> StoredAuditEvent:
         """Build from a ``dict_row`` of ``STORED_COLUMNS`` without re-validating (the row was validated on write)."""
         values = {name: row[name] for name in EVENT_COLUMNS}
-        values["status"] = EventStatus(values["status"])
-        values["data_classification"] = DataClassification(values["data_classification"])
-        values["event_time"] = values["event_time"].astimezone(dt.UTC)
-        values["details"] = values["details"] if values["details"] is not None else {}
-        return cls.model_construct(
-            **values,
-            ingested_at=row.get("ingested_at"),
-            stored_content_hash=bytes(row["content_hash"]) if row.get("content_hash") is not None else None,
-        )
+        values["status"] = _STATUSES[values["status"]]
+        values["data_classification"] = _CLASSIFICATIONS[values["data_classification"]]
+        when = values["event_time"]
+        values["event_time"] = when if when.tzinfo is dt.UTC else when.astimezone(dt.UTC)
+        if values["details"] is None:
+            values["details"] = {}
+        values["ingested_at"] = row.get("ingested_at")
+        digest = row.get("content_hash")
+        values["stored_content_hash"] = bytes(digest) if digest is not None else None
+        # What model_construct does, without its per-call overhead (~10x slower): every field is set here, and
+        # the private cache starts empty, as for a constructed model.
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "__dict__", values)
+        object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+        object.__setattr__(obj, "__pydantic_extra__", None)
+        object.__setattr__(obj, "__pydantic_private__", dict(_EMPTY_PRIVATE))
+        return obj
 
     @property
     def hash_matches(self) -> bool:
@@ -488,3 +496,8 @@ def check_text(text: str, path: str = "") -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"{where}is not valid Unicode (lone surrogate)") from None
+
+
+_STATUSES = {s.value: s for s in EventStatus}
+_CLASSIFICATIONS = {c.value: c for c in DataClassification}
+_EMPTY_PRIVATE = {name: None for name in AuditEvent.__private_attributes__}

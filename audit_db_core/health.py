@@ -3,7 +3,7 @@
 Example::
 
     report = db.health()
-    report.healthy            # False when the primary is unreachable or the schema is behind (critical parts)
+    report.healthy            # False when the primary is unreachable, its breaker is open, or the schema is behind
     report.status             # "healthy", "degraded" (a replica lags or is down, Redis is down: the primary still
                               # serves every read and write) or "unhealthy" (the primary, or the schema)
     report.to_dict()          # JSON-ready, for the CLI and the Dagster checks
@@ -40,6 +40,10 @@ class HealthReport:
     pools: dict[str, dict[str, Any]]
     schema_version: int | None  # applied in the database
     package_schema_version: int  # shipped with this package
+    breakers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cache: dict[str, Any] = field(default_factory=dict)
+    routing: dict[str, Any] = field(default_factory=dict)
+    partitions: dict[str, Any] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -63,6 +67,10 @@ class HealthReport:
             "package_schema_version": self.package_schema_version,
             "components": {name: asdict(c) for name, c in self.components.items()},
             "pools": self.pools,
+            "breakers": self.breakers,
+            "cache": self.cache,
+            "routing": self.routing,
+            "partitions": self.partitions,
         }
 
 
@@ -152,10 +160,41 @@ def build_health_report(db: AuditDatabase) -> HealthReport:
         error=None if cache.healthy else f"unreachable: {cache.error}",
         critical=False,
     )
+    breakers = db.breakers.stats()
+    not_closed = [name for name, b in breakers.items() if b["state"] != "closed"]
+    components["breakers"] = ComponentHealth(
+        name="breakers",
+        healthy=not not_closed,
+        details={"not_closed": not_closed},
+        error="circuit breaker(s) not closed: " + ", ".join(f"{n} ({breakers[n]['state']})" for n in not_closed)
+        if not_closed else None,
+        critical="primary" in not_closed,  # writes fail while the primary's is open; others only degrade
+    )
+    partitions: dict[str, Any] = {}
+    if primary["reachable"] and applied is not None and applied >= SCHEMA_VERSION:
+        try:
+            plan = db.partitions.plan()
+            missing = [a.partition for a in plan.of("create")]
+            default_rows = db.partitions.default_row_count()
+            partitions = {"missing": missing, "premake": db.settings.partitions.premake, "default_rows": default_rows}
+            problems = ([f"{len(missing)} partition(s) of the premake window missing: {', '.join(missing)}"]
+                        if missing else []) + ([f"{default_rows} row(s) in the DEFAULT partition"] if default_rows else [])
+            components["partitions"] = ComponentHealth(
+                name="partitions", healthy=not problems, details=partitions,
+                error="; ".join(problems) or None, critical=False,  # writes still land (in DEFAULT) and are rescued
+            )
+        except Exception as exc:
+            components["partitions"] = ComponentHealth(
+                name="partitions", healthy=False, error=redact(str(exc).splitlines()[0] if str(exc) else
+                                                                type(exc).__name__), critical=False)
     return HealthReport(
         checked_at=dt.datetime.now(dt.UTC),
         components=components,
         pools=db.connections.pool_stats(),
         schema_version=applied,
         package_schema_version=SCHEMA_VERSION,
+        breakers=breakers,
+        cache=db.cache.stats(),
+        routing=db.router.snapshot(),
+        partitions=partitions,
     )

@@ -21,6 +21,9 @@ from psycopg.types.json import Jsonb
 
 OPERATIONS = (
     "create", "rescue", "archive", "detach", "purge", "delete_archive", "optimize", "hold", "release", "restore",
+    "seal", "integrity_verify", "integrity_copy",  # audit_db_core.integrity
+    "subject_export", "subject_erasure",  # audit_db_core.privacy
+    "report_export",  # audit_db_core.reports
 )
 
 

@@ -90,6 +90,7 @@ def migrate(conninfo: str, *, connect_timeout: int = 10, lock_timeout_s: float =
 
 def _migrate(conn: psycopg.Connection, lock_timeout_s: float) -> MigrationResult:
     result = MigrationResult()
+    current: str | None = None  # the migration being applied, named when it fails
     try:
         conn.execute("SET statement_timeout = 0")
         conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout_s * 1000)}ms")))
@@ -119,6 +120,7 @@ def _migrate(conn: psycopg.Connection, lock_timeout_s: float) -> MigrationResult
                         )
                     result.already_applied.append(mig.label)
                     continue
+                current = mig.label
                 with conn.transaction():
                     conn.execute(mig.text)  # static SQL shipped with the package
                     conn.execute(
@@ -126,6 +128,7 @@ def _migrate(conn: psycopg.Connection, lock_timeout_s: float) -> MigrationResult
                         (mig.version, mig.name, mig.checksum),
                     )
                 result.applied.append(mig.label)
+                current = None
                 logger.info("migration applied", extra={"audit": {"migration": mig.label}})
         finally:
             if not conn.closed and not conn.broken:
@@ -134,5 +137,7 @@ def _migrate(conn: psycopg.Connection, lock_timeout_s: float) -> MigrationResult
         raise
     except psycopg.Error as exc:
         err = classify(exc, operation="migrate")
-        raise MigrationError(f"migration failed: {err.message}", operation="migrate") from exc
+        which = f"migration {current}" if current else "migration"
+        raise MigrationError(f"{which} failed: {err.message}", operation="migrate", migration=current,
+                             sqlstate=err.context.get("sqlstate")) from exc
     return result

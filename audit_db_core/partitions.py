@@ -63,6 +63,9 @@ logger = logging.getLogger("audit_db_core.partitions")
 
 PARENT_TABLE = "audit_log"
 DEFAULT_PARTITION = "audit_log_default"
+#: Owner of the audit tables and of every partition (migration 0007_roles): lifecycle DDL needs ownership, and a
+#: partition owned by whichever login role created it would be out of reach of the other maintainers.
+MAINTAINER_ROLE = "audit_maintainer"
 _DAY_ANCHOR = dt.datetime(1970, 1, 5, tzinfo=dt.UTC)  # a Monday
 
 
@@ -346,9 +349,23 @@ def _elapsed_ms(started: float) -> float:
 class PartitionManager:
     """Creates, rescues, archives, purges, holds, optimizes and restores partitions."""
 
-    def __init__(self, connections: ConnectionSource, settings: AuditSettings) -> None:
+    def __init__(
+        self,
+        connections: ConnectionSource,
+        settings: AuditSettings,
+        *,
+        on_removed: Callable[[PartitionBounds], None] | None = None,
+    ) -> None:
         self._connections = connections
         self.settings = settings
+        self._on_removed = on_removed  # rows of these bounds left the log (the query cache forgets them)
+
+    def _removed(self, info: PartitionInfo) -> None:
+        if self._on_removed is not None:
+            try:
+                self._on_removed(PartitionBounds(info.name, info.start, info.end))
+            except Exception:
+                logger.exception("cache invalidation after removing %s failed", info.name)
 
     @property
     def interval(self) -> Period:
@@ -487,6 +504,7 @@ class PartitionManager:
         in_range = sql.SQL("event_time >= {} AND event_time < {}").format(sql.Literal(b.start), sql.Literal(b.end))
         conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)").format(
             table, sql.Identifier(PARENT_TABLE)))
+        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(table, sql.Identifier(MAINTAINER_ROLE)))
         # With this constraint in place ATTACH need not scan the new table to validate it.
         conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} CHECK ({})").format(
             table, sql.Identifier(f"{b.name}_bounds"), in_range))
@@ -640,6 +658,10 @@ class PartitionManager:
                     raise ArchiveError(f"archive of {b.name} failed verification: {'; '.join(check.problems)}",
                                        operation="archive", partition=b.name)
                 size = self._finish_archive(conn, b, manifest, store, rows, digest, started, run_id)
+                # The period's signed digests go next to its archive, so verification outlives the table.
+                from audit_db_core.integrity import write_archive_copy
+
+                write_archive_copy(conn, b, store, run_id=run_id)
                 conn.execute("COMMIT")
             except BaseException:
                 if not conn.closed and not conn.broken:
@@ -721,6 +743,7 @@ class PartitionManager:
                 conn.execute("UPDATE audit_partitions SET detached = true, updated_at = now() WHERE partition_name = %s",
                              (info.name,))
                 ledger.record(conn, "detach", info.name, run_id=run_id, duration_ms=_elapsed_ms(started))
+        self._removed(info)
         return True
 
     def restore(self, period: Any, *, table: str | None = None, run_id: str | None = None) -> RestoreResult:
@@ -746,6 +769,8 @@ class PartitionManager:
                 raise PartitionError(f"table {target} exists and does not hold this archive; choose another table",
                                      operation="restore", partition=info.name)
             rows = store.restore(conn, manifest, target)
+            conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
+                sql.Identifier(target), sql.Identifier(MAINTAINER_ROLE)))
             ledger.record(conn, "restore", info.name, run_id=run_id, rows=rows, checksum=manifest.content_digest,
                           details={"table": target})
         return RestoreResult(info.name, target, rows, "restored")
@@ -889,6 +914,7 @@ class PartitionManager:
                           checksum=info.archive_checksum, duration_ms=_elapsed_ms(started),
                           details={"reason": decision.reason, "archive_uri": info.archive_uri})
         logger.info("partition purged", extra={"audit": {"partition": info.name, "rows": info.row_count}})
+        self._removed(info)
 
     def _delete_archive(self, name: str, run_id: str | None) -> None:
         store = self.archive_store()
@@ -906,15 +932,22 @@ class PartitionManager:
 
     def optimize(self, *, run_id: str | None = None) -> OptimizeReport:
         """ANALYZE partitions whose statistics are stale, summarize new BRIN ranges, and REINDEX CONCURRENTLY
-        B-tree indexes whose leaf density fell below the threshold (needs the pgstattuple extension; without it
-        the report says so and no index is rebuilt). Registry row counts and sizes are refreshed."""
+        B-tree indexes whose leaf density fell below the threshold (needs the pgstattuple extension, and a role
+        that may execute ``pgstatindex``: a superuser or a member of ``pg_stat_scan_tables``; without them the
+        report says so and no index is rebuilt). Registry row counts and sizes are refreshed."""
         cfg = self.settings.maintenance
         report = OptimizeReport()
         with self._connections.dedicated_connection(operation="optimize", autocommit=True) as conn:
-            has_pgstattuple = conn.execute(
-                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pgstattuple')").fetchone() == (True,)
-            if not has_pgstattuple:
+            installed, executable = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'pgstattuple'),"
+                " coalesce(has_function_privilege(to_regprocedure('pgstatindex(regclass)'), 'EXECUTE'), false)"
+            ).fetchone()  # type: ignore[misc]
+            has_pgstattuple = installed and executable
+            if not installed:
                 report.bloat_check = "unavailable (CREATE EXTENSION pgstattuple to enable REINDEX of bloated indexes)"
+            elif not executable:  # pgstattuple grants its functions to pg_stat_scan_tables only
+                report.bloat_check = ("unavailable (this role may not execute pgstatindex: GRANT pg_stat_scan_tables TO "
+                                      "audit_maintainer to enable REINDEX of bloated indexes)")
             for p in self.list_partitions("active"):
                 if conn.execute("SELECT to_regclass(%s)", (p.name,)).fetchone() == (None,):
                     continue

@@ -4,8 +4,10 @@
   DEFAULT rows of its range moved into it). Materializing an existing one changes nothing and reports it.
 * ``audit_log_archive`` — the partition is exported to verified zstd Parquet with a manifest and made read-only
   (or detached), once the period has left the active window.
+* ``compliance_summary`` — the period's HIPAA compliance summary per organization, as Parquet under
+  ``AUDIT_REPORTS__DIRECTORY`` (one run per period; the monthly schedule asks for each period once it has closed).
 
-Both take a *range* of partitions in one run (``BackfillPolicy.multi_run(12)``: a 24-month backfill is two runs
+The two lifecycle assets take a *range* of partitions in one run (``BackfillPolicy.multi_run(12)``: a 24-month backfill is two runs
 per asset) and loop over ``context.partition_keys``. A single-partition run reports that partition's numbers as
 materialization metadata; a range run reports totals plus a per-partition table, and one observation per
 partition with its own numbers. Every core call gets the Dagster run id, which the lifecycle ledger records.
@@ -14,6 +16,7 @@ partition with its own numbers. Every core call gets the Dagster run id, which t
 
 import datetime as dt
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -240,4 +243,88 @@ def audit_log_archive(context: dg.AssetExecutionContext, audit_db: AuditDatabase
     return dg.MaterializeResult(metadata=_report(context, done, totals))
 
 
-ASSETS = [audit_log_partition, audit_log_archive]
+# -- compliance_summary ---------------------------------------------------------------------------------------------
+
+REPORTS_GROUP = "compliance_reports"
+#: Organizations listed in the Markdown table of the metadata (the Parquet file has them all).
+SUMMARY_TABLE_ROWS = 100
+_SUMMARY_COUNTS = ("events", "failures", "phi_accesses", "after_hours", "break_glass", "disclosures")
+
+
+def summary_path(directory: str, key: str) -> Path:
+    """Where the ``compliance_summary`` of partition ``key`` is written: ``<directory>/compliance_summary/<key>.parquet``."""
+    return Path(directory).expanduser() / "compliance_summary" / f"{key}.parquet"
+
+
+def summary_markdown(frame: Any) -> str:
+    """The per-organization summary as a Markdown table (at most ``SUMMARY_TABLE_ROWS`` organizations)."""
+    if frame.empty:
+        return "No audit events in this period."
+    header = ["organization", "events", "failures", "PHI accesses", "after hours", "break-glass", "disclosures",
+              "principals"]
+    rows = [["(no organization)" if not isinstance(r.organization_id, str) else r.organization_id, r.events,
+             r.failures, r.phi_accesses, r.after_hours, r.break_glass, r.disclosures, r.principals]
+            for r in frame.head(SUMMARY_TABLE_ROWS).itertuples()]
+    table = md_table(header, rows)
+    if len(frame) > SUMMARY_TABLE_ROWS:
+        table += f"\n\n… and {len(frame) - SUMMARY_TABLE_ROWS} more organizations (all are in the Parquet file)."
+    return table
+
+
+@dg.asset(
+    partitions_def=PARTITIONS,
+    deps=[audit_log_partition],
+    group_name=REPORTS_GROUP,
+    kinds={"parquet"},
+    description=(
+        "The HIPAA compliance summary of this period, one row per organization: events, failures, PHI accesses, "
+        "after-hours, break-glass and disclosure events, distinct principals (audit_db_core.reports). Written as "
+        "Parquet to AUDIT_REPORTS__DIRECTORY/compliance_summary/<partition key>.parquet and recorded in the "
+        "lifecycle ledger; the metadata holds the totals and a Markdown table. A period that has not started "
+        "fails; one still open is summarized so far and marked complete=false."
+    ),
+)
+def compliance_summary(context: dg.AssetExecutionContext, audit_db: AuditDatabaseResource) -> dg.MaterializeResult:
+    """``db.reports.compliance_summary`` of the partition's period, exported to Parquet."""
+    key = context.partition_key
+    window = context.partition_time_window
+    since, until = window.start.astimezone(dt.UTC), window.end.astimezone(dt.UTC)
+    now = dt.datetime.now(dt.UTC)
+    if since > now:
+        raise failure(f"compliance_summary {key}: the period [{since:%Y-%m-%d}, {until:%Y-%m-%d}) has not started "
+                      "yet; summaries are made for past (or the current) periods")
+    try:
+        with audit_db.open() as db:
+            directory = db.settings.reports.directory
+            if directory is None:
+                raise failure("compliance_summary needs a directory to write to: set AUDIT_REPORTS__DIRECTORY "
+                              "(e.g. /var/lib/audit/reports)")
+            report = db.reports.compliance_summary(since, until)
+            export = report.to_parquet(summary_path(directory, key), requested_by=f"dagster:{context.job_name}",
+                                       run_id=context.run.run_id)
+    except AuditError as exc:
+        raise failure(f"compliance_summary {key} failed: {exc.message}", error_category=exc.category.value) from None
+    frame = report.frame
+    complete = until <= now
+    totals = {name: int(frame[name].sum()) for name in _SUMMARY_COUNTS}
+    context.log.info(
+        f"compliance summary {since:%Y-%m-%d} – {until:%Y-%m-%d}: {len(frame)} organizations, "
+        f"{totals['events']} events; {export.path}"
+    )
+    if not complete:
+        context.log.warning(f"the period ends {until:%Y-%m-%d %H:%M} UTC: this summary covers events up to now")
+    return dg.MaterializeResult(metadata={
+        "period_start": since.isoformat(),
+        "period_end": until.isoformat(),
+        "complete": complete,
+        "organizations": len(frame),
+        "dagster/row_count": len(frame),
+        **totals,
+        "path": dg.MetadataValue.path(str(export.path)),
+        "bytes": export.bytes,
+        "sha256": export.sha256,
+        "summary": dg.MetadataValue.md(summary_markdown(frame)),
+    })
+
+
+ASSETS = [audit_log_partition, audit_log_archive, compliance_summary]

@@ -12,11 +12,18 @@ default_partition_empty  WARN      the DEFAULT partition holds no rows
 archives_verified        ERROR     every kept archive re-reads and matches the registry's count and digest
 replica_lag              WARN      every replica is reachable, a standby, and within AUDIT_REPLICAS__MAX_LAG_*
 redis_reachable          WARN      the cache's Redis answers PING (or none is configured)
+breakers_closed          ERROR/    no process sharing the Redis has an open or half-open breaker (ERROR for
+                         WARN      primary / partitions, WARN for replicas / Redis)
 ledger_consistent        ERROR     the ledger records a successful create / archive / purge for each state
+integrity_verified       ERROR/    the signed digest chain and the rows of the lookback verify (WARN: part
+                         WARN      of the range unchecked, or integrity not configured)
 =======================  ========  ===========================================================================
 
-Not here on purpose: a "circuit breakers closed" check. The core has no circuit breakers yet (they come with the
-resilience milestone); a check that always passed would claim a protection that does not exist.
+breakers_closed: every process using the audit database publishes its breakers that are not closed to the shared
+Redis (``QueryCache.report_breaker``); the check reads them all (``fleet_breakers``), after making one real
+call through its own primary breaker. ERROR when a primary or partitions breaker is open anywhere (writes or the
+lifecycle fail fast there), WARN when only replica or Redis breakers are (reads fall back). Without a Redis the
+other processes cannot be seen: the check then says so and covers its own process only.
 
 The checks are not partitioned: each looks at every partition at once, whichever partition was just materialized.
 A database that cannot be reached fails the check's step (the run fails and alerts), rather than being reported
@@ -24,11 +31,12 @@ as a passed or failed check.
 """
 
 
+import datetime as dt
 from typing import Any
 
 import dagster as dg
 
-from audit_db_core import AuditError, ConfigurationError, ConnectionManager
+from audit_db_core import AuditError, AuditQuery, ConfigurationError, ConnectionManager
 from audit_db_core.health import redis_status
 from audit_platform.assets import audit_log_partition, failure, md_table
 from audit_platform.resources import AuditDatabaseResource
@@ -221,5 +229,81 @@ def ledger_consistent(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
     )
 
 
+@dg.asset_check(
+    asset=audit_log_partition,
+    description="No process that uses the audit database has a circuit breaker open or half-open (ERROR for the "
+    "primary or partition operations: writes fail fast there; WARN for replicas or Redis: reads fall back).",
+)
+def breakers_closed(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
+    """Read every process's published breaker states (``QueryCache.fleet_breakers``) plus this run's own."""
+    try:
+        with audit_db.open() as db:
+            db.count(AuditQuery(limit=1), consistency="strong", use_cache=False)  # one real call, through the breaker
+            own = [{"breaker": n, "state": b["state"], "host": "this run", "pid": "", "since": "",
+                    "last_failure": b["last_failure"] or ""}
+                   for n, b in db.breakers.stats().items() if b["state"] != "closed"]
+            fleet = db.cache.fleet_breakers()
+    except AuditError as exc:
+        raise _database_failure("breakers_closed", exc) from None
+    not_closed = own + (fleet or [])
+    critical = sorted({b["breaker"] for b in not_closed if b["breaker"] in ("primary", "partitions")})
+    rows = [[b["breaker"], b["state"], b.get("host", ""), b.get("pid", ""),
+             dt.datetime.fromtimestamp(b["since"], dt.UTC).isoformat(timespec="seconds")
+             if isinstance(b.get("since"), (int, float)) else "", b.get("last_failure") or ""] for b in not_closed]
+    scope = "every process sharing the Redis" if fleet is not None else         "this run only (no Redis configured or reachable: other processes' breakers cannot be seen)"
+    return _result(
+        not not_closed,
+        ERROR if critical else WARN,
+        f"all circuit breakers closed ({scope})" if not not_closed else
+        f"{len(not_closed)} breaker(s) not closed: " + ", ".join(f"{r[0]} {r[1]} on {r[2]}" for r in rows[:5]),
+        scope=scope,
+        not_closed=len(not_closed),
+        breakers=dg.MetadataValue.md(md_table(["breaker", "state", "host", "pid", "since", "last failure"], rows))
+        if rows else "none",
+    )
+
+
+def integrity_metadata(report: Any) -> dict[str, Any]:
+    """Dagster metadata of an integrity :class:`~audit_db_core.integrity.VerificationReport` (keys, hashes and
+    counts only: a problem's detail never holds field values)."""
+    rows = [[p.kind, p.window_start.date() if p.window_start else "", p.event_time or "", p.event_id or "",
+             p.chain_seq or "", p.source or "", p.detail] for p in report.problems[:50]]
+    return {
+        "status": report.status,
+        "problems": len(report.problems),
+        "events_checked": report.events_checked,
+        "windows_checked": report.windows_checked,
+        "digests_checked": report.digests_checked,
+        "pending_events": report.pending_events,
+        "range": f"{report.since} .. {report.until}",
+        "head_chain_seq": report.head_chain_seq if report.head_chain_seq is not None else -1,
+        "head_digest_hash": report.head_digest_hash or "",
+        "unchecked": "; ".join(report.unchecked) or "none",
+        "problem_list": dg.MetadataValue.md(md_table(
+            ["kind", "window", "event time", "event id", "digest", "source", "detail"], rows)) if rows else "none",
+    }
+
+
+@dg.asset_check(
+    asset=audit_log_partition,
+    description="The signed digest chain verifies (hashes, links, signatures, the ledger's record of each seal) and "
+    "the rows of the windows sealed within AUDIT_INTEGRITY__VERIFY_LOOKBACK match their digests, as do the "
+    "archives of those periods (ERROR on any problem; WARN when part of the range could not be checked or "
+    "integrity is not configured). Each verification is recorded in the lifecycle ledger.",
+)
+def integrity_verified(context: dg.AssetCheckExecutionContext, audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
+    """``IntegrityManager.verify`` over the lookback; a full re-read is ``audit-platform verify``."""
+    try:
+        with audit_db.open() as db:
+            try:
+                report = db.integrity.verify(db.integrity.lookback_start(), run_id=context.run.run_id)
+            except ConfigurationError as exc:
+                return _result(False, WARN, f"integrity verification is not configured: {exc.message}",
+                               status="not configured")
+    except AuditError as exc:
+        raise _database_failure("integrity_verified", exc) from None
+    return _result(report.ok, ERROR if report.status == "failed" else WARN, report.summary(),
+                   **integrity_metadata(report))
+
 CHECKS = [premake_coverage, default_partition_empty, archives_verified, replica_lag, redis_reachable,
-          ledger_consistent]
+          breakers_closed, ledger_consistent, integrity_verified]

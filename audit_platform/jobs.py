@@ -10,6 +10,12 @@ job                                schedule            what it does (through ``a
                                                        ``AUDIT_PLATFORM_PURGE_EXECUTE=true``
 ``index_maintenance_job``          Monday 03:00        ANALYZE / BRIN summarize / REINDEX bloated indexes
 ``health_check_job``               every 5 minutes     the core health report; the run fails when unhealthy
+``integrity_job``                  daily 00:45         seal the digests that are due, then verify the chain and
+                                                       the windows of AUDIT_INTEGRITY__VERIFY_LOOKBACK
+``compliance_summary_job``         2nd of the month    the compliance summary of the period that closed (asset
+(asset job)                        06:00               ``compliance_summary``), a day late so late events are in
+``subject_request_job``            none (launchpad)    GDPR: export one data subject's events, or erase the subject
+                                                       (run config: kind, value or subject_id, field, output)
 =================================  ==================  ===========================================================
 
 Schedules start RUNNING when the code location loads, unless ``AUDIT_PLATFORM_SCHEDULES_ENABLED=false`` (read
@@ -24,14 +30,16 @@ which records it in the lifecycle ledger.
 import datetime as dt
 import os
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
 from pydantic import Field
 
 from audit_db_core import AuditError, ConfigurationError
-from audit_db_core.partitions import CreateResult
-from audit_platform.assets import audit_log_archive, audit_log_partition, failure, md_table
+from audit_db_core.config import partition_settings_from_env
+from audit_db_core.partitions import CreateResult, bounds_for
+from audit_platform.assets import audit_log_archive, audit_log_partition, compliance_summary, failure, md_table
+from audit_platform.checks import integrity_verified
 from audit_platform.partitions import PARTITIONS, key_for_period
 from audit_platform.resources import AuditDatabaseResource
 
@@ -404,8 +412,10 @@ health_check_schedule = dg.ScheduleDefinition(
 # when nothing is materialized.
 lifecycle_checks_job = dg.define_asset_job(
     name="lifecycle_checks_job",
-    selection=dg.AssetSelection.checks_for_assets(audit_log_partition),
-    description="Run the lifecycle asset checks (coverage, DEFAULT, archives, replicas, Redis, ledger) on their own.",
+    # integrity_verified re-reads the lookback's rows: it runs daily in integrity_job, not every hour here.
+    selection=dg.AssetSelection.checks_for_assets(audit_log_partition) - dg.AssetSelection.checks(integrity_verified),
+    description="Run the lifecycle asset checks (coverage, DEFAULT, archives, replicas, Redis, breakers, ledger) on "
+    "their own; integrity verification runs daily in integrity_job.",
     tags={"audit/lifecycle": "checks"},
 )
 
@@ -419,6 +429,198 @@ lifecycle_checks_schedule = dg.ScheduleDefinition(
 )
 
 
+# -- compliance reports ---------------------------------------------------------------------------------------------
+
+compliance_summary_job = dg.define_asset_job(
+    "compliance_summary_job",
+    selection=[compliance_summary],
+    description="The per-organization HIPAA compliance summary of a period (Parquet + Markdown metadata).",
+    tags={"audit/reports": "compliance_summary"},
+)
+
+
+def closed_period_key(now: dt.datetime) -> str:
+    """The partition key of the last period that ended at or before ``now`` (UTC)."""
+    interval = partition_settings_from_env().interval
+    current = bounds_for(now.astimezone(dt.UTC), interval)
+    return key_for_period(bounds_for(current.start - dt.timedelta(microseconds=1), interval).start)
+
+
+@dg.schedule(
+    name="compliance_summary_schedule",
+    job=compliance_summary_job,
+    cron_schedule="0 6 2 * *",
+    execution_timezone=TIMEZONE,
+    default_status=DEFAULT_STATUS,
+    description="Monthly, on the 2nd at 06:00 UTC: the compliance summary of the period that has just closed (a day "
+    "after it ends, so events written late are counted). With a quarterly or yearly interval it asks for the closed "
+    "period once (the run key repeats until the next period closes).",
+)
+def compliance_summary_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
+    """One run for the period that closed last, unless it lies before the first Dagster partition."""
+    now = (context.scheduled_execution_time or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
+    key = closed_period_key(now)
+    if key not in set(PARTITIONS.get_partition_keys(current_time=now)):
+        return dg.SkipReason(f"the period {key} lies before AUDIT_PARTITIONS__HISTORY_START: no Dagster partition")
+    return dg.RunRequest(partition_key=key, run_key=f"compliance_summary:{key}",
+                         tags={"audit/reports": "compliance_summary"})
+
+
+# -- integrity --------------------------------------------------------------------------------------------------------
+
+
+@dg.op(description="Seal signed digests: every window closed since the last seal, and a supplement for each sealed "
+                   "window that received late events (audit_db_core.integrity). Needs AUDIT_INTEGRITY__SIGNING_KEY.")
+def seal_digests(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[dict[str, Any]]:
+    """``IntegrityManager.seal``; the new digests (and the chain head to publish) as metadata."""
+    try:
+        with audit_db.open() as db:
+            result = db.integrity.seal(run_id=context.run_id)
+    except AuditError as exc:
+        raise failure(f"seal failed: {exc.message}", error_category=exc.category.value) from None
+    if result.status in ("held_back", "busy"):
+        context.log.warning(f"seal {result.status}: {result.reason}")
+    else:
+        context.log.info(f"seal {result.status}: {len(result.digests)} digest(s), {result.events} event(s)")
+    rows = [[d.chain_seq, d.window_start.date(), d.seq, d.event_count, d.digest_hash] for d in result.digests]
+    return dg.Output(
+        {"status": result.status, "digests": len(result.digests), "events": result.events},
+        metadata={
+            "status": result.status,
+            "digests": len(result.digests),
+            "events": result.events,
+            "supplements": result.supplements,
+            "reason": result.reason or "none",
+            "cutoff": str(result.cutoff) if result.cutoff else "none",
+            "head_chain_seq": result.head_chain_seq if result.head_chain_seq is not None else -1,
+            "head_digest_hash": result.head_digest_hash or "",
+            "new_digests": dg.MetadataValue.md(md_table(["#", "window", "seq", "events", "digest_hash"], rows))
+            if rows else "none",
+        },
+    )
+
+
+class VerifyIntegrityConfig(dg.Config):  # type: ignore[misc]
+    """Run config of ``verify_integrity``."""
+
+    full: bool = Field(default=False, description="re-read every sealed window, not only AUDIT_INTEGRITY__VERIFY_LOOKBACK")
+
+
+@dg.op(ins={"after_seal": dg.In(dg.Nothing)},
+       description="Verify the digest chain, and the rows and archives of the lookback (or everything with full); "
+                   "the run fails on any problem.")
+def verify_integrity(
+    context: dg.OpExecutionContext, config: VerifyIntegrityConfig, audit_db: AuditDatabaseResource
+) -> dg.Output[str]:
+    """``IntegrityManager.verify``; problems located (kind, window, event key, source) as a Markdown table."""
+    from audit_platform.checks import integrity_metadata
+
+    try:
+        with audit_db.open() as db:
+            since = None if config.full else db.integrity.lookback_start()
+            report = db.integrity.verify(since, run_id=context.run_id)
+    except AuditError as exc:
+        raise failure(f"integrity verification could not run: {exc.message}",
+                      error_category=exc.category.value) from None
+    metadata = integrity_metadata(report)
+    if report.status == "failed":
+        raise failure(f"integrity verification failed: {report.summary()}", **metadata)
+    if report.status == "incomplete":
+        context.log.warning(report.summary())
+    else:
+        context.log.info(report.summary())
+    return dg.Output(report.status, metadata=metadata)
+
+
+@dg.job(description="Seal the digests that are due, then verify the chain and the recent windows.",
+        tags={"audit/lifecycle": "integrity"})
+def integrity_job() -> None:
+    """seal_digests → verify_integrity."""
+    verify_integrity(after_seal=seal_digests())
+
+
+integrity_schedule = dg.ScheduleDefinition(
+    name="integrity_schedule",
+    job=integrity_job,
+    cron_schedule="45 0 * * *",
+    execution_timezone=TIMEZONE,
+    default_status=DEFAULT_STATUS,
+    description="Daily at 00:45 UTC: seal yesterday's window (and late events), then verify — before the archival "
+    "run at 01:00, so archives carry their digests.",
+)
+
+# -- GDPR subject requests ----------------------------------------------------------------------------------------
+
+
+class SubjectRequestConfig(dg.Config):  # type: ignore[misc]
+    """Run config of ``subject_request``: one export or erasure of one data subject."""
+
+    kind: Literal["export", "erase"] = Field(description="export: everything the log holds about the subject; "
+                                             "erase: delete the subject's pseudonym mapping (irreversible)")
+    value: str = Field(default="", description="the identifier (e.g. a patient id). Dagster keeps run config with "
+                       "the run: prefer subject_id (from an earlier export) for an erasure")
+    subject_id: str = Field(default="", description="the subject id, instead of value")
+    field: str = Field(default="", description="principal_id, target_resource_id or details.<key>, comma-separated; "
+                       "empty: every field in AUDIT_PRIVACY__PSEUDONYMIZE")
+    output: str = Field(default="", description="export: the JSON file to write; empty: "
+                        "AUDIT_REPORTS__DIRECTORY/subject-exports/<run id>.json")
+    requested_by: str = Field(default="", description="recorded in the ledger (the request's author or ticket)")
+
+
+@dg.op(description="GDPR: export everything the log holds about one data subject, or erase the subject. Metadata "
+                   "and logs carry subject ids and counts, never the identifier.")
+def subject_request(context: dg.OpExecutionContext, config: SubjectRequestConfig,
+                    audit_db: AuditDatabaseResource) -> dg.Output[dict[str, Any]]:
+    """``PrivacyManager.export_subject`` / ``erase_subject``, recorded in the lifecycle ledger with the run id."""
+    request = {"value": config.value or None, "subject_id": config.subject_id or None,
+               "fields": [f.strip() for f in config.field.split(",") if f.strip()] or None,
+               "run_id": context.run_id, "requested_by": config.requested_by or None}
+    try:
+        with audit_db.open() as db:
+            if config.kind == "export":
+                output = config.output or _default_export_path(db.settings, context.run_id)
+                export = db.privacy.export_subject(**request)
+                path, size, digest = export.write(output)
+            else:
+                result = db.privacy.erase_subject(**request)
+    except AuditError as exc:
+        raise failure(f"subject {config.kind} failed: {exc.message}", error_category=exc.category.value) from None
+    if config.kind == "export":
+        metadata: dict[str, Any] = {
+            "found": export.found, "subject_ids": ", ".join(export.subject_ids) or "none",
+            "events": len(export.events), "events_from_archives": export.events_from_archives,
+            "complete": export.complete, "unreadable": len(export.unreadable), "path": str(path), "bytes": size,
+            "sha256": digest}
+        summary = {"found": export.found, "events": len(export.events), "path": str(path)}
+    else:
+        metadata = {
+            "found": result.found, "subject_ids": ", ".join(result.subject_ids) or "none",
+            "events_unlinked": result.events_unlinked, "events_in_clear": result.events_in_clear,
+            "unreadable": len(result.unreadable), "vacuumed": result.vacuumed}
+        summary = {"found": result.found, "events_unlinked": result.events_unlinked}
+    if metadata["found"]:
+        context.log.info(f"subject {config.kind}: subject(s) {metadata['subject_ids']}")
+    else:
+        context.log.warning(f"subject {config.kind}: no data subject matched; nothing was "
+                            f"{'exported' if config.kind == 'export' else 'erased'}")
+    return dg.Output(summary, metadata=metadata)
+
+
+def _default_export_path(settings: Any, run_id: str) -> str:
+    directory = settings.reports.directory
+    if not directory:
+        raise ConfigurationError("subject_request", [("output", "is empty and AUDIT_REPORTS__DIRECTORY is not set: "
+                                                      "say where the export goes")])
+    return os.path.join(directory, "subject-exports", f"{run_id}.json")
+
+
+@dg.job(description="GDPR subject request from the launchpad: ops.subject_request.config {kind: export|erase, "
+                    "value or subject_id, field, output}.", tags={"audit/privacy": "subject_request"})
+def subject_request_job() -> None:
+    """subject_request."""
+    subject_request()
+
+
 JOBS: "list[dg.JobDefinition | UnresolvedAssetJobDefinition]" = [
     partition_maintenance_job,
     archive_job,
@@ -426,6 +628,9 @@ JOBS: "list[dg.JobDefinition | UnresolvedAssetJobDefinition]" = [
     index_maintenance_job,
     health_check_job,
     lifecycle_checks_job,
+    integrity_job,
+    compliance_summary_job,
+    subject_request_job,
 ]
 SCHEDULES: list[dg.ScheduleDefinition] = [
     partition_maintenance_schedule,
@@ -434,4 +639,6 @@ SCHEDULES: list[dg.ScheduleDefinition] = [
     index_maintenance_schedule,
     health_check_schedule,
     lifecycle_checks_schedule,
+    integrity_schedule,
+    compliance_summary_schedule,
 ]

@@ -66,7 +66,8 @@ def test_creation_counts_and_target_ratio(small_run: Run) -> None:
     assert creation["partitions"] == CREATE_PERIODS
     assert creation["per_partition_ms"]["n"] == CREATE_PERIODS
     assert creation["library_duration_ms"]["n"] == CREATE_PERIODS
-    assert creation["indexes_per_partition"] == 9  # the primary key and the 8 indexes of migration 0002
+    # the primary key, the 8 indexes of migration 0002 and the ingested_at BRIN of 0008
+    assert creation["indexes_per_partition"] == 10
     premake = creation["premake"]
     assert premake["partitions"] == 12
     assert (premake["first_partition"], premake["last_partition"]) == ("audit_log_p2300_01", "audit_log_p2300_12")
@@ -83,7 +84,7 @@ def test_purge_counts_and_ratios(small_run: Run) -> None:
     assert purge["rows"] == ROWS
     assert purge["drop"]["rows"] == ROWS and purge["drop_small"]["rows"] == ROWS // 10
     assert purge["delete"]["rows"] == ROWS and purge["delete"]["deleted"] == ROWS
-    assert purge["delete"]["indexes"] == 9
+    assert purge["delete"]["indexes"] == 10
     assert "DROP TABLE" in purge["method_note"]
     ratios = purge["ratios"]
     assert ratios["delete_over_drop"] == approx(purge["delete"]["seconds"] / purge["drop"]["seconds"])
@@ -111,7 +112,7 @@ def test_query_rows_pruning_and_ratios(small_run: Run) -> None:
     assert (cases["partitions_12"]["partitions"], cases[f"partitions_{MANY}"]["partitions"]) == (12, MANY)
     assert cases["partitions_12"]["rows_in_queried_month"] == QUERY_ROWS // 12
     assert cases[f"partitions_{MANY}"]["rows_in_queried_month"] == QUERY_ROWS // MANY
-    assert cases["unpartitioned"]["indexes"] == 9
+    assert cases["unpartitioned"]["indexes"] == 10
     for label, case in cases.items():
         for mode in ("sql", "sql_unprepared"):
             assert case[mode]["ms"]["n"] == query["runs"], (label, mode)

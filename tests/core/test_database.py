@@ -295,6 +295,31 @@ def test_health_reports_primary_and_pools(db: AuditDatabase) -> None:
     assert report.to_dict()["components"]["primary"]["healthy"] is True
 
 
+def test_health_reports_breakers_cache_and_partitions(db: AuditDatabase) -> None:
+    import datetime as dt
+
+    db.insert(ev())
+    db.query(AuditQuery(), consistency="eventual")
+    report = db.health().to_dict()
+    assert report["status"] == "healthy"
+    assert report["breakers"]["primary"]["state"] == "closed" and report["breakers"]["primary"]["successes"] >= 2
+    assert report["components"]["breakers"]["healthy"] is True
+    assert report["cache"]["l1_misses"] == 1 and report["cache"]["sets"] == 1
+    assert report["partitions"] == {"missing": [], "premake": db.settings.partitions.premake, "default_rows": 0}
+    assert report["routing"]["reads"]["primary"] >= 1
+    # an event with no partition: degraded (it sits in DEFAULT), and the report says how many
+    db.insert(ev(event_time=dt.datetime(2001, 1, 1, tzinfo=dt.UTC)))
+    degraded = db.health()
+    assert degraded.status == "degraded" and degraded.partitions["default_rows"] == 1
+    assert "1 row(s) in the DEFAULT partition" in (degraded.components["partitions"].error or "")
+    # the primary's breaker open: unhealthy (writes fail fast), and named
+    primary = db.breakers.get("primary")
+    for _ in range(primary.settings.failure_threshold):
+        primary.record_failure(ConnectionError("refused"))
+    bad = db.health()
+    assert bad.status == "unhealthy" and "primary (open)" in (bad.components["breakers"].error or "")
+
+
 def test_unreachable_database_fails_fast_with_a_clear_redacted_error() -> None:
     import socket
 

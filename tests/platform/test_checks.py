@@ -18,6 +18,7 @@ from audit_platform.assets import audit_log_partition
 from audit_platform.checks import (
     CHECKS,
     archives_verified,
+    breakers_closed,
     default_partition_empty,
     ledger_consistent,
     premake_coverage,
@@ -167,3 +168,39 @@ def test_replica_lag_measured_on_the_sessions_replica(fresh_database: str, serve
     assert not lagging.passed and lagging.severity == WARN
     assert meta(lagging)["replica-0_lag_bytes"] > 1024 and meta(lagging)["replica-0_lag_seconds"] > 0
     assert "exceeds 1024" in (lagging.description or "")
+
+
+def test_breakers_closed_sees_open_breakers_of_other_processes(fresh_database: str, servers: Servers) -> None:
+    if not servers.redis_url:
+        pytest.skip("no Redis given for this server (AUDIT_TEST_REDIS_URL)")
+    alone = run_check(breakers_closed, fresh_database)
+    assert alone.passed and "this run only" in alone.description
+    clean = run_check(breakers_closed, fresh_database, redis_url=servers.redis_url)
+    assert clean.passed and "every process sharing the Redis" in clean.description
+    # An application process whose replica breaker, then primary breaker, opened.
+    with AuditDatabase(AuditSettings(database_url=fresh_database, redis_url=servers.redis_url)) as app:
+        assert app.cache.wait_synced()
+        replica = app.breakers.get("replica-0")
+        for _ in range(replica.settings.failure_threshold):
+            replica.record_failure(ConnectionError("refused"))
+
+        def evaluate() -> dg.AssetCheckEvaluation:
+            for _ in range(100):  # the app publishes from its background thread
+                ev = run_check(breakers_closed, fresh_database, redis_url=servers.redis_url)
+                if not ev.passed:
+                    return ev
+            return ev
+
+        warn = evaluate()
+        assert not warn.passed and warn.severity == WARN and "replica-0 open" in warn.description
+        primary = app.breakers.get("primary")
+        for _ in range(primary.settings.failure_threshold):
+            primary.record_failure(ConnectionError("refused"))
+        for _ in range(100):
+            err = run_check(breakers_closed, fresh_database, redis_url=servers.redis_url)
+            if err.severity == ERROR:
+                break
+        assert not err.passed and err.severity == ERROR and "primary open" in err.description
+        assert meta(err)["not_closed"] == 2
+    # the app closed: its breakers are withdrawn with it
+    assert run_check(breakers_closed, fresh_database, redis_url=servers.redis_url).passed

@@ -14,7 +14,7 @@ import dagster as dg
 REPO = Path(__file__).resolve().parents[2]
 
 JOBS = {"partition_maintenance_job", "archive_job", "retention_purge_job", "index_maintenance_job", "health_check_job",
-        "lifecycle_checks_job"}
+        "lifecycle_checks_job", "compliance_summary_job", "integrity_job", "subject_request_job"}
 SCHEDULES = {
     "partition_maintenance_schedule": ("15 0 * * *", "partition_maintenance_job"),
     "archive_schedule": ("0 1 * * *", "archive_job"),
@@ -22,11 +22,13 @@ SCHEDULES = {
     "index_maintenance_schedule": ("0 3 * * 1", "index_maintenance_job"),
     "health_check_schedule": ("*/5 * * * *", "health_check_job"),
     "lifecycle_checks_schedule": ("40 * * * *", "lifecycle_checks_job"),
+    "compliance_summary_schedule": ("0 6 2 * *", "compliance_summary_job"),
+    "integrity_schedule": ("45 0 * * *", "integrity_job"),
 }
 SENSORS = {"run_failure_alert_sensor", "default_partition_sensor"}
-ASSETS = {"audit_log_partition", "audit_log_archive"}
+ASSETS = {"audit_log_partition", "audit_log_archive", "compliance_summary"}
 CHECKS = {"premake_coverage", "default_partition_empty", "archives_verified", "replica_lag", "redis_reachable",
-          "ledger_consistent"}
+          "breakers_closed", "ledger_consistent", "integrity_verified"}
 
 
 def test_definitions_load() -> None:

@@ -215,4 +215,6 @@ def test_lifecycle_checks_job_runs_the_checks_alone(fresh_database: str) -> None
                                     raise_on_error=False)
     evaluations = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert evaluations.get("default_partition_empty") is False and evaluations.get("ledger_consistent") is True
+    assert evaluations.get("breakers_closed") is True
+    assert "integrity_verified" not in evaluations  # the daily integrity_job verifies; hourly would re-read too much
     assert not result.get_asset_materialization_events()  # checks only, nothing materialized
