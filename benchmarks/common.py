@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -61,6 +62,58 @@ def server_url(log: Callable[[str], None], *, durable: bool) -> Iterator[tuple[s
     finally:
         with uninterruptible():
             log("stopping the local PostgreSQL")
+            try:
+                servers.down(remove=True)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)
+
+
+ENV_REPLICAS = "AUDIT_BENCH_REPLICA_URLS"
+ENV_REDIS = "AUDIT_BENCH_REDIS_URL"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadServers:
+    """A primary, its streaming replicas and a Redis for the read-path benchmarks (URLs of maintenance databases)."""
+
+    database_url: str
+    replica_urls: list[str]
+    redis_url: str | None
+    description: str
+
+
+@contextlib.contextmanager
+def read_servers(log: Callable[[str], None], *, durable: bool) -> Iterator[ReadServers]:
+    """The servers of ``$AUDIT_BENCH_DATABASE_URL`` (+ ``$AUDIT_BENCH_REPLICA_URLS``, comma-separated, and
+    ``$AUDIT_BENCH_REDIS_URL``; either may be left unset) or, without it, a throw-away local primary + streaming
+    replica + Redis, always stopped and deleted. ``durable`` as for :func:`server_url` (on the local primary)."""
+    external = os.environ.get(ENV_SERVER)
+    if external:
+        replicas = [u.strip() for u in os.environ.get(ENV_REPLICAS, "").split(",") if u.strip()]
+        redis_url = os.environ.get(ENV_REDIS) or None
+        yield ReadServers(external, replicas, redis_url,
+                          f"external ({ENV_SERVER}: {display_url(external)}, {len(replicas)} replica(s), "
+                          f"Redis {'set' if redis_url else 'unset'})")
+        return
+    from audit_db_core.local import LocalServers
+
+    directory = tempfile.mkdtemp(prefix="audit-bench-")
+    servers = LocalServers(Path(directory) / "servers", replica=True, redis=True)
+    try:
+        log(f"starting a local PostgreSQL primary + replica + Redis in {directory}")
+        endpoints = servers.up()
+        settings = "fsync=off"
+        if durable:
+            with connect(endpoints.database_url, application_name="audit-bench") as conn:
+                conn.execute("ALTER SYSTEM SET fsync = on")
+                conn.execute("ALTER SYSTEM SET full_page_writes = on")
+                conn.execute("SELECT pg_reload_conf()")
+            settings = "fsync=on, full_page_writes=on on the primary"
+        yield ReadServers(endpoints.database_url, list(endpoints.replica_urls), endpoints.redis_url,
+                          f"local (audit_db_core.local: primary + streaming replica + Redis, {settings})")
+    finally:
+        with uninterruptible():
+            log("stopping the local servers")
             try:
                 servers.down(remove=True)
             finally:
