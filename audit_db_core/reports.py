@@ -67,7 +67,6 @@ from psycopg import sql
 from psycopg.rows import tuple_row
 from psycopg.types.json import Jsonb
 
-from audit_db_core import ledger
 from audit_db_core.config import AuditSettings
 from audit_db_core.errors import AuditValidationError
 from audit_db_core.events import check_text, format_time
@@ -675,8 +674,10 @@ class ReportManager:
             published = False
             try:
                 with self._connections.connection(operation="report_export") as conn, conn.transaction():
-                    ledger.record(conn, LEDGER_OPERATION, None, run_id=run_id, rows=report.rows, byte_count=size,
-                                  checksum=digest, duration_ms=ms, details=details)
+                    # Through the function of migration 0010, so a reader (no write access to the ledger) may
+                    # export and still leave its entry; recorded under the caller's own name.
+                    conn.execute("SELECT audit_record_report_export(%s, %s, %s, %s, %s, %s)",
+                                 (report.rows, size, digest, ms, Jsonb(details, dumps=_ledger_json), run_id))
                     os.replace(temporary, target)
                     published = True
             except BaseException:
@@ -756,3 +757,7 @@ def description_of(path: str | os.PathLike[str]) -> Mapping[str, Any]:
     """The report description stored in an exported Parquet file's metadata."""
     raw = (pq.read_schema(Path(path)).metadata or {}).get(_PARQUET_METADATA_KEY)
     return json.loads(raw) if raw else {}
+
+
+def _ledger_json(obj: Any) -> str:
+    return json.dumps(obj, default=str, sort_keys=True)

@@ -270,6 +270,36 @@ def test_reader_reads_but_cannot_write(roles: RoleUrls, db: AuditDatabase) -> No
     assert db.count(AuditQuery()) == 40
 
 
+def test_reader_exports_a_report_and_leaves_only_that_ledger_entry(roles: RoleUrls, db: AuditDatabase,
+                                                                   tmp_path: Path) -> None:
+    import datetime as dt
+
+    from audit_db_core.reports import read_report
+
+    db.insert_many(demo_events(40, seed=5))
+    org = db.query(AuditQuery(limit=1)).events[0].organization_id
+    reader_role = dbname_user(roles.reader)
+    since, until = dt.datetime.now(dt.UTC) - dt.timedelta(days=40), dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    with AuditDatabase(AuditSettings(database_url=roles.reader)) as reader:
+        summary = reader.reports.compliance_summary(since, until)
+        result = reader.reports.write(summary, tmp_path / "summary.parquet", format="parquet")
+        assert result.rows == len(summary.frame) > 0
+        assert len(read_report(result.path, "compliance_summary")) == result.rows
+        with reader.connections.connection() as conn:
+            (entry,) = [e for e in entries(conn, operation="report_export")]
+            assert entry.actor == reader_role and entry.checksum == result.sha256
+        with pytest.raises(ComplianceError, match="not permitted"):  # but no other entry of its own making
+            with reader.connections.connection() as conn:
+                conn.execute("INSERT INTO audit_lifecycle_ledger (operation, outcome) VALUES ('purge', 'ok')")
+    assert org is not None
+
+
+def dbname_user(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).username or ""
+
+
 # -- the maintainer --------------------------------------------------------------------------------------------------
 
 
