@@ -32,6 +32,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -190,6 +191,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
             os.environ["AUDIT_ARCHIVE__ROOT_URI"] = archive_dir.as_uri()
         if not os.environ.get("AUDIT_REPORTS__DIRECTORY"):  # where the compliance_summary asset writes
             os.environ["AUDIT_REPORTS__DIRECTORY"] = str(directory / "reports")
+        dev_key = None
+        if not os.environ.get("AUDIT_INTEGRITY__SIGNING_KEY"):  # so the integrity job and check work out of the box
+            dev_key = _development_signing_key(directory / "integrity-dev-key.json")
         ui_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         ui_url = f"http://{ui_host}:{args.port}"
         os.environ.setdefault("AUDIT_UI_BASE_URL", ui_url)
@@ -201,6 +205,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
             written = 0
             if args.demo_events and stored == 0:  # only into an empty log: restarts do not pile up demo data
                 written = db.insert_many(demo_events(args.demo_events))
+                db.partitions.rescue_default()  # the demo reaches back before the partitions migrate made
+                # The closed days get their signed digests, as the daily job would; a seal covers events ingested
+                # at least the cutoff grace before it starts, so wait that out first.
+                time.sleep(settings.integrity.cutoff_grace_seconds + 0.1)
+                try:
+                    db.integrity.seal()
+                except AuditError as exc:  # the platform still starts; the integrity job and check will say why
+                    _print_err(f"sealing the demo data failed: {exc}")
             total = db.count(AuditQuery())
         database_url = settings.database_url.get_secret_value()
         if servers is not None or not os.environ.get(STORAGE_URL_ENV):
@@ -217,6 +229,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
         print(f"  AUDIT_REDIS_URL={settings.display_redis_url or ''}")
         print(f"  AUDIT_ARCHIVE__ROOT_URI={os.environ['AUDIT_ARCHIVE__ROOT_URI']}")
         print(f"  AUDIT_REPORTS__DIRECTORY={os.environ['AUDIT_REPORTS__DIRECTORY']}")
+        if dev_key is not None:
+            print(f"  AUDIT_INTEGRITY__SIGNING_KEY=(a development key, kept in {dev_key}; never use it in production)")
         print(f"  {STORAGE_URL_ENV}={redact(os.environ[STORAGE_URL_ENV])} (Dagster's storage)")
         print(f"  DAGSTER_HOME={dagster_home}")
         print(f"  schema version {result.schema_version}; {written} demo events written; {total} events stored"
@@ -493,6 +507,25 @@ def cmd_verify(args: argparse.Namespace) -> int:
             rows = [p.to_dict() for p in report.problems]
             print(_table(rows, ["kind", "window_start", "event_time", "event_id", "chain_seq", "source", "detail"]))
     return VERIFY_EXIT[report.status]
+
+
+def _development_signing_key(path: Path) -> Path:
+    """Load (or make, readable by this user only) the local platform's signing key pair and put it in the
+    environment. Only for ``dev``: production keys live in a secret store (``integrity keygen``)."""
+    from audit_db_core import integrity
+
+    if path.exists():
+        keys = json.loads(path.read_text())
+    else:
+        private, public = integrity.generate_key_pair()
+        keys = {"signing_key": private, "public_key": public}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(keys, f)
+    os.environ["AUDIT_INTEGRITY__SIGNING_KEY"] = keys["signing_key"]
+    os.environ.setdefault("AUDIT_INTEGRITY__PUBLIC_KEYS", keys["public_key"])
+    return path
 
 
 def cmd_integrity(args: argparse.Namespace) -> int:

@@ -257,6 +257,7 @@ def test_dev_serves_the_code_location_runs_jobs_and_backfills_and_stops_cleanly(
     out = dev.output()
     assert "50 demo events written" in out
     assert f"http://127.0.0.1:{dev.port}" in out
+    assert "AUDIT_INTEGRITY__SIGNING_KEY=(a development key" in out  # made for the run, and its value not shown
 
     # -- what the UI shows ------------------------------------------------------------------------------------
     def repository() -> dict[str, Any] | None:
@@ -332,8 +333,12 @@ def test_dev_serves_the_code_location_runs_jobs_and_backfills_and_stops_cleanly(
             "WHERE i.inhparent = 'audit_log'::regclass"
         )}
         dagster_db = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'dagster'").fetchone()
+        default_rows = conn.execute("SELECT count(*) FROM audit_log_default").fetchone()
+        sealed = conn.execute("SELECT count(*), coalesce(sum(event_count), 0) FROM audit_digests").fetchone()
     assert {"audit_log_p2024_01", "audit_log_p2024_02", "audit_log_p2024_03"} <= tables, sorted(tables)
     assert dagster_db is not None  # Dagster's storage lives on the primary, not in files
+    assert default_rows == (0,)  # the demo's earlier days got their partitions
+    assert sealed is not None and sealed[0] > 0 and sealed[1] > 0  # and their signed digests
 
     # -- SIGTERM stops everything the command started ---------------------------------------------------------
     pgid = dev.dagster_pgid()
