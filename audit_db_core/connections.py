@@ -137,6 +137,7 @@ class ConnectionManager:
         self._probe_lock = threading.Lock()
         self._probe_at = float("-inf")
         self._probe_result: str | None = None
+        self._acquires: dict[str, dict[str, float]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -252,13 +253,14 @@ class ConnectionManager:
     def _acquire(
         self, pool: ConnectionPool, timeout: float, operation: str, *, probe: Any
     ) -> psycopg.Connection[Any]:
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline = started + timeout
         step = 0.25
         # A short first wait; if it times out, ask whether the server is down (fail now) or only busy (wait on).
         first = min(step, timeout) if probe is not None else timeout
         try:
             try:
-                return pool.getconn(timeout=first)
+                conn = pool.getconn(timeout=first)
             except PoolTimeout:
                 remaining = deadline - time.monotonic()
                 if probe is None or remaining <= 0:
@@ -268,11 +270,27 @@ class ConnectionManager:
                     raise AuditConnectionError(
                         f"database unreachable: {down}", operation=operation, server=pool.name
                     ) from None
-                return pool.getconn(timeout=remaining)
+                conn = pool.getconn(timeout=remaining)
         except PoolTimeout as exc:
+            self._count_acquire(pool.name, started, ok=False)
             raise classify(exc, operation=operation, server=pool.name) from None
         except psycopg.Error as exc:
+            self._count_acquire(pool.name, started, ok=False)
             raise classify(exc, operation=operation, server=pool.name) from exc
+        except AuditConnectionError:
+            self._count_acquire(pool.name, started, ok=False)
+            raise
+        self._count_acquire(pool.name, started, ok=True)
+        return conn
+
+    def _count_acquire(self, name: str, started: float, *, ok: bool) -> None:
+        """One acquisition as the caller saw it (the pool's own counters see each of its waits separately)."""
+        waited = (time.monotonic() - started) * 1000
+        with self._probe_lock:
+            c = self._acquires.setdefault(name, {"acquisitions": 0, "failed": 0, "wait_ms": 0.0, "max_wait_ms": 0.0})
+            c["acquisitions" if ok else "failed"] += 1
+            c["wait_ms"] += waited
+            c["max_wait_ms"] = max(c["max_wait_ms"], waited)
 
     def _primary_down(self) -> str | None:
         """``None`` when the primary accepts connections, else why not. Probes at most once a second (one caller
@@ -412,7 +430,8 @@ class ConnectionManager:
         return out
 
     def pool_stats(self) -> dict[str, dict[str, Any]]:
-        """Real numbers from each pool: size, in use, idle, waiting, and acquisition totals."""
+        """Real numbers from each pool: size, in use, idle, waiting; acquisitions as callers saw them (count,
+        failures, average and longest wait); and the pool's own request counters."""
         out: dict[str, dict[str, Any]] = {}
         pools = [("primary", self._primary)] + [(p.name, p) for p in self._replicas]
         for name, pool in pools:
@@ -422,6 +441,9 @@ class ConnectionManager:
             size = s.get("pool_size", 0)
             available = s.get("pool_available", 0)
             requests = s.get("requests_num", 0)
+            with self._probe_lock:
+                mine = dict(self._acquires.get(name, {}))
+            asked = mine.get("acquisitions", 0) + mine.get("failed", 0)
             out[name] = {
                 "min_size": s.get("pool_min", pool.min_size),
                 "max_size": s.get("pool_max", pool.max_size),
@@ -429,10 +451,15 @@ class ConnectionManager:
                 "idle": available,
                 "in_use": max(size - available, 0),
                 "waiting": s.get("requests_waiting", 0),
+                # as callers saw them: one per connection asked for, however many waits it took
+                "acquisitions": int(mine.get("acquisitions", 0)),
+                "acquisitions_failed": int(mine.get("failed", 0)),
+                "avg_acquire_ms": round(mine["wait_ms"] / asked, 3) if asked else 0.0,
+                "max_acquire_ms": round(mine.get("max_wait_ms", 0.0), 3),
+                # the pool's own counters (a caller that waited twice counts twice)
                 "requests": requests,
                 "requests_queued": s.get("requests_queued", 0),
                 "requests_wait_ms_total": s.get("requests_wait_ms", 0),
-                "avg_acquire_ms": round(s.get("requests_wait_ms", 0) / requests, 3) if requests else 0.0,
                 "connections_made": s.get("connections_num", 0),
                 "connection_errors": s.get("connections_errors", 0),
             }

@@ -292,6 +292,8 @@ def test_health_reports_primary_and_pools(db: AuditDatabase) -> None:
     assert primary.details["reachable"] is True and primary.details["server_version"]
     stats = report.pools["primary"]
     assert stats["requests"] >= 1 and stats["size"] >= 1 and stats["max_size"] == db.settings.pool.max_size
+    assert stats["acquisitions"] >= 2 and stats["acquisitions_failed"] == 0  # the insert and the health check
+    assert 0 <= stats["avg_acquire_ms"] <= stats["max_acquire_ms"]
     assert report.to_dict()["components"]["primary"]["healthy"] is True
 
 
