@@ -402,14 +402,10 @@ def targets(latency: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
-def server_facts(url: str) -> dict[str, Any]:
-    with common.connect(url, application_name=APPLICATION_NAME) as conn:
-        version = (conn.execute("SELECT current_setting('server_version')").fetchone() or ("?",))[0]
-        settings = dict(conn.execute(
-            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-            (["fsync", "synchronous_commit", "shared_buffers", "work_mem", "plan_cache_mode"],),
-        ).fetchall())
-    return {"server_version": version, "server_settings": settings}
+#: The server settings its figures depend on, reported with them.
+_SERVER_SETTINGS = (
+    "fsync", "synchronous_commit", "shared_buffers", "work_mem", "plan_cache_mode",
+)
 
 
 def redis_version(redis_url: str | None) -> str | None:
@@ -438,7 +434,7 @@ def environment(servers: common.ReadServers, args: argparse.Namespace) -> dict[s
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "server": servers.description,
-        **server_facts(servers.database_url),
+        **common.server_facts(servers.database_url, _SERVER_SETTINGS, application_name=APPLICATION_NAME),
         "replicas": len(servers.replica_urls),
         "redis_server_version": redis_version(servers.redis_url),
         "rows": args.rows,

@@ -17,7 +17,7 @@ import signal
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -189,6 +189,16 @@ def with_dbname(url: str, dbname: str) -> str:
 
 def connect(url: str, *, application_name: str, autocommit: bool = True) -> psycopg.Connection[Any]:
     return psycopg.connect(url, autocommit=autocommit, connect_timeout=10, application_name=application_name)
+
+
+def server_facts(url: str, settings: Sequence[str], *, application_name: str) -> dict[str, Any]:
+    """The server's version and the ``pg_settings`` a benchmark's figures depend on, for its JSON report."""
+    with connect(url, application_name=application_name) as conn:
+        version = (conn.execute("SELECT current_setting('server_version')").fetchone() or ("?",))[0]
+        values = dict(conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (list(settings),)
+        ).fetchall())
+    return {"server_version": version, "server_settings": values}
 
 
 @contextlib.contextmanager

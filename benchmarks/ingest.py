@@ -451,16 +451,10 @@ def measure(server: str, method: Method, work: Workload) -> dict[str, Any]:
 # -- report --------------------------------------------------------------------------------------------------------
 
 
-def server_facts(server: str) -> dict[str, Any]:
-    with connect(server) as conn:
-        version = (conn.execute("SELECT current_setting('server_version')").fetchone() or ("?",))[0]
-        settings = dict(
-            conn.execute(
-                "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-                (["fsync", "synchronous_commit", "shared_buffers", "max_wal_size", "full_page_writes"],),
-            ).fetchall()
-        )
-    return {"server_version": version, "server_settings": settings}
+#: The server settings its figures depend on, reported with them.
+_SERVER_SETTINGS = (
+    "fsync", "synchronous_commit", "shared_buffers", "max_wal_size", "full_page_writes",
+)
 
 
 def ratio(numerator: dict[str, Any], denominator: dict[str, Any]) -> float:
@@ -494,7 +488,7 @@ def environment(server: str, server_description: str, args: argparse.Namespace) 
         "cpu_count": os.cpu_count(),
         "load_average_after": load_average(),
         "server": server_description,
-        **server_facts(server),
+        **common.server_facts(server, _SERVER_SETTINGS, application_name=APPLICATION_NAME),
         "events": args.events,
         "batch_size": args.batch_size,
         "warmup_events": args.warmup_events,

@@ -1010,15 +1010,11 @@ def bench_lifecycle(server: str, rows: int) -> tuple[dict[str, Any], dict[str, A
 # -- report --------------------------------------------------------------------------------------------------------
 
 
-def server_facts(server: str) -> dict[str, Any]:
-    with connect(server) as conn:
-        version = (conn.execute("SELECT current_setting('server_version')").fetchone() or ("?",))[0]
-        settings = dict(conn.execute(
-            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-            (["fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "work_mem",
-              "maintenance_work_mem", "max_wal_size", "max_parallel_workers_per_gather", "plan_cache_mode"],),
-        ).fetchall())
-    return {"server_version": version, "server_settings": settings}
+#: The server settings its figures depend on, reported with them.
+_SERVER_SETTINGS = (
+    "fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "work_mem", "maintenance_work_mem",
+    "max_wal_size", "max_parallel_workers_per_gather", "plan_cache_mode",
+)
 
 
 def environment(server: str, description: str) -> dict[str, Any]:
@@ -1034,7 +1030,7 @@ def environment(server: str, description: str) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
         "server": description,
-        **server_facts(server),
+        **common.server_facts(server, _SERVER_SETTINGS, application_name=APPLICATION_NAME),
     }
 
 

@@ -450,14 +450,10 @@ def checks(phases: dict[str, Any]) -> dict[str, Any]:
             "acknowledged_equals_stored": balanced, "passed": errors == 0 and balanced}
 
 
-def server_facts(url: str) -> dict[str, Any]:
-    with common.connect(url, application_name=APPLICATION_NAME) as conn:
-        version = (conn.execute("SELECT current_setting('server_version')").fetchone() or ("?",))[0]
-        settings = dict(conn.execute(
-            "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
-            (["fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_connections"],),
-        ).fetchall())
-    return {"server_version": version, "server_settings": settings}
+#: The server settings its figures depend on, reported with them.
+_SERVER_SETTINGS = (
+    "fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_connections",
+)
 
 
 def load_average() -> list[float]:
@@ -475,7 +471,7 @@ def environment(servers: common.ReadServers) -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "gil_switch_interval_seconds": sys.getswitchinterval(),
         "server": servers.description,
-        **server_facts(servers.database_url),
+        **common.server_facts(servers.database_url, _SERVER_SETTINGS, application_name=APPLICATION_NAME),
         "replicas": len(servers.replica_urls),
         "redis_server_version": redis_version(servers.redis_url),
     }
