@@ -15,7 +15,9 @@ WORKDIR /opt/dagster/app
 COPY pyproject.toml README.md ./
 COPY audit_db_core ./audit_db_core
 COPY audit_platform ./audit_platform
-RUN pip install . && pip check
+# audit_local comes with the distribution, but not its extra: the image carries no embedded server binaries.
+COPY audit_local ./audit_local
+RUN pip install ".[platform]" && pip check
 
 # Instance config (storage, run queue, telemetry off; secrets from the environment) and the gRPC workspace.
 COPY dagster.yaml ${DAGSTER_HOME}/dagster.yaml

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from audit_db_core.config import BreakerSettings, BreakersSettings
-from audit_db_core.errors import AuditError, CircuitOpenError, ErrorCategory
+from audit_db_core.errors import AuditError, AuditValidationError, CircuitOpenError, ErrorCategory, classify
 
 logger = logging.getLogger("audit_db_core.breakers")
 
@@ -341,3 +341,34 @@ class GuardedConnections:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._source, name)
+
+
+class ErrorPolicy:
+    """The library's error handling in one object (the :class:`~audit_db_core.interfaces.ErrorHandler` seam):
+    ``classify`` maps a driver error onto the hierarchy (:func:`~audit_db_core.errors.classify`), ``handle`` is
+    what every :class:`~audit_db_core.AuditDatabase` operation does with a failure (classify, name the operation,
+    log it once without row values — bad input is the caller's to report), ``recover`` retries retryable errors
+    with jittered backoff (:func:`retry`). Breakers stay where the connection is taken: they see every attempt.
+
+    Example::
+
+        errors = ErrorPolicy(RetryPolicy(max_attempts=3))
+        written = errors.recover(lambda: db_write(), operation="insert")
+    """
+
+    def __init__(self, policy: RetryPolicy, *, log: logging.Logger | None = None) -> None:
+        self.policy = policy
+        self._log = log or logger
+
+    def classify(self, exc: BaseException, *, operation: str | None = None) -> AuditError:
+        return classify(exc, operation=operation)
+
+    def handle(self, exc: BaseException, *, operation: str) -> AuditError:
+        err = classify(exc, operation=operation)
+        err.context.setdefault("operation", operation)
+        if not isinstance(err, AuditValidationError):
+            self._log.warning("%s failed: %s", operation, err.message, extra={"audit": err.to_dict()})
+        return err
+
+    def recover(self, fn: Callable[[], T], *, operation: str | None = None) -> T:
+        return retry(fn, self.policy)

@@ -2,10 +2,11 @@
 
     audit-platform dev [--port N] [--dir PATH] [--host H] [--demo-events N]
                                                         local servers + migrations + demo data + Dagster UI,
-                                                        until Ctrl-C
+                                                        until Ctrl-C ('platform' extra, audit_platform.launcher)
     audit-platform local up|down|status [--dir PATH]    local PostgreSQL primary + replica + Redis
+                                                        ('local' extra, audit_local.cli)
     audit-platform migrate                              apply migrations (settings from AUDIT_* variables)
-    audit-platform demo [--events N]                    write sample events
+    audit-platform demo [--events N]                    write sample events (audit_local.cli)
     audit-platform health [--json]                      exit 1 when unhealthy
     audit-platform report access|activity|disclosures|summary --since D --until D --output PATH [--format F] …
                                                         HIPAA reports to CSV / JSON / Parquet (exit 2 on bad input)
@@ -19,6 +20,9 @@
                                                         GDPR subject access export and erasure (exit 3: no such
                                                         subject, 2 bad input)
 
+``dev``, ``local`` and ``demo`` come from the entry points of group ``audit_platform.commands``: the core never
+imports the packages that define them, and a sub-command whose extra is missing says which one to install (exit 2).
+
 ``eval "$(audit-platform local up)"`` exports ``AUDIT_DATABASE_URL``, ``AUDIT_REPLICA_URLS`` and
 ``AUDIT_REDIS_URL`` for the other commands.
 """
@@ -26,67 +30,63 @@
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import logging
 import os
-import signal
 import sys
-import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from audit_db_core.errors import AuditError, ConfigurationError
-from audit_db_core.local import LocalServerError
+from audit_db_core.interfaces import PartitionLifecycle
 
 DEFAULT_DIR = ".audit-platform"
 logger = logging.getLogger("audit_db_core.cli")
 
 
-def _print_err(message: str) -> None:
+def print_err(message: str) -> None:
     print(f"audit-platform: {message}", file=sys.stderr)
 
 
-# -- local ---------------------------------------------------------------------------------------------------------
+
+class MissingExtraError(Exception):
+    """A sub-command needs an extra that is not installed (``pip install "audit-platform[EXTRA]"``)."""
+
+    def __init__(self, extra: str, command: str, missing: Sequence[str]) -> None:
+        self.extra, self.command, self.missing = extra, command, list(missing)
+        super().__init__(f"{command} needs the '{extra}' extra ({', '.join(self.missing)} not installed): "
+                         f"pip install \"audit-platform[{extra}]\"")
 
 
-def cmd_local(args: argparse.Namespace) -> int:
-    from audit_db_core.local import LocalServers
+def require_extra(extra: str, command: str, *modules: str) -> None:
+    """Raise :class:`MissingExtraError` unless every one of ``modules`` can be imported (nothing is imported).
 
-    servers = LocalServers(Path(args.dir), replica=not args.no_replica, redis=not args.no_redis)
-    if args.action == "up":
-        # `export` so that `eval "$(audit-platform local up)"` hands the URLs to the commands run next.
-        print("".join(f"export {line}\n" for line in servers.up().env_lines().splitlines()), end="")
-        print(f"# servers run in {Path(args.dir).resolve()}; stop them with: audit-platform local down --dir {args.dir}",
-              file=sys.stderr)
-    elif args.action == "down":
-        servers.down(remove=args.remove)
-        print(f"stopped the local servers in {Path(args.dir).resolve()}", file=sys.stderr)
-    else:
-        status = servers.status()
-        if args.json:
-            print(json.dumps(status, indent=2, default=str))
-        else:
-            for name, info in status.items():
-                state = "running" if info.get("running") else "stopped"
-                print(f"{name:<8} {state:<8} port={info.get('port')} pid={info.get('pid')}")
-    return 0
+    Example::
+
+        require_extra("platform", "dev", "dagster", "dagster_webserver")
+    """
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise MissingExtraError(extra, command, missing)
 
 
-# -- database commands ---------------------------------------------------------------------------------------------
-
-
-def _settings() -> Any:
+def settings_from_env() -> Any:
+    """``AuditSettings()`` from the ``AUDIT_*`` variables (imported when a command runs, not at start)."""
     from audit_db_core.config import AuditSettings
 
     return AuditSettings()
 
 
+# -- database commands ---------------------------------------------------------------------------------------------
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from audit_db_core.database import AuditDatabase
 
-    with AuditDatabase(_settings()) as db:
+    with AuditDatabase(settings_from_env()) as db:
         result = db.migrate()
         parts = db.partitions.list_partitions()
     for label in result.applied:
@@ -96,25 +96,10 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from audit_db_core.database import AuditDatabase
-    from audit_db_core.demo import demo_events
-
-    with AuditDatabase(_settings()) as db:
-        written = db.insert_many(demo_events(args.events, seed=args.seed))
-        # Demo events reach 30 days back, before the partitions migrate made: give them theirs, as the daily
-        # maintenance would.
-        rescued = db.partitions.rescue_default()
-    print(f"wrote {written} demo events")
-    for r in rescued:
-        print(f"created {r.name} for earlier demo events ({r.rescued_rows} rows moved out of DEFAULT)")
-    return 0
-
-
 def cmd_health(args: argparse.Namespace) -> int:
     from audit_db_core.database import AuditDatabase
 
-    db = AuditDatabase(_settings())
+    db = AuditDatabase(settings_from_env())
     try:
         db.open()
     except AuditError as exc:
@@ -130,170 +115,6 @@ def cmd_health(args: argparse.Namespace) -> int:
             mark = "ok  " if comp["healthy"] else "FAIL" if comp.get("critical", True) else "WARN"
             print(f"  {mark} {name} {comp.get('error') or ''}".rstrip())
     return 1 if report["status"] == "unhealthy" else 0  # degraded: the library works around it
-
-
-def cmd_dev(args: argparse.Namespace) -> int:
-    """Servers, migrations, demo data, Dagster's home; then ``dagster dev`` until Ctrl-C / SIGTERM / its exit.
-
-    Without ``AUDIT_DATABASE_URL`` the local servers of ``--dir`` are started (or reused when they already run).
-    On the way out ``dagster dev``'s whole process group is stopped, then the servers this command started; servers
-    that were already running are left running.
-    """
-    from audit_db_core.config import AuditSettings
-    from audit_db_core.dagster_home import (
-        STORAGE_URL_ENV,
-        DagsterDev,
-        ensure_database,
-        repository_root,
-        storage_url,
-        workspace_file,
-        write_dagster_home,
-    )
-    from audit_db_core.database import AuditDatabase
-    from audit_db_core.demo import demo_events
-    from audit_db_core.errors import redact
-    from audit_db_core.local import LocalServers, port_is_free
-    from audit_db_core.query import AuditQuery
-
-    directory = Path(args.dir).expanduser().resolve()
-    stop = threading.Event()
-    stopping_signal: list[int] = []
-
-    def interrupt_setup(signum: int, _frame: Any) -> None:
-        stopping_signal.append(signum)
-        raise KeyboardInterrupt  # unwinds through the finally below, which stops what was started
-
-    def request_stop(signum: int, _frame: Any) -> None:
-        stopping_signal.append(signum)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, interrupt_setup) for sig in (signal.SIGINT, signal.SIGTERM)}
-    servers: LocalServers | None = None
-    started: list[str] = []
-    dagster: DagsterDev | None = None
-    exit_code = 0
-    try:
-        if not args.exit_after_setup and not port_is_free(args.port, args.host):
-            raise ConfigurationError("arguments", [("--port", f"{args.host}:{args.port} is already in use")])
-        if not os.environ.get("AUDIT_DATABASE_URL"):
-            servers = LocalServers(directory)
-            running_before = {name for name, info in servers.status().items() if info["running"]}
-            ep = servers.up()
-            started = [name for name in servers.status() if name not in running_before]
-            os.environ.update(
-                AUDIT_DATABASE_URL=ep.database_url,
-                AUDIT_REPLICA_URLS=",".join(ep.replica_urls),
-                AUDIT_REDIS_URL=ep.redis_url,
-            )
-        archive_dir = directory / "archive"
-        if not os.environ.get("AUDIT_ARCHIVE__ROOT_URI"):
-            archive_dir.mkdir(parents=True, exist_ok=True)
-            os.environ["AUDIT_ARCHIVE__ROOT_URI"] = archive_dir.as_uri()
-        if not os.environ.get("AUDIT_REPORTS__DIRECTORY"):  # where the compliance_summary asset writes
-            os.environ["AUDIT_REPORTS__DIRECTORY"] = str(directory / "reports")
-        dev_key = None
-        if not os.environ.get("AUDIT_INTEGRITY__SIGNING_KEY"):  # so the integrity job and check work out of the box
-            dev_key = _development_signing_key(directory / "integrity-dev-key.json")
-        ui_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        ui_url = f"http://{ui_host}:{args.port}"
-        os.environ.setdefault("AUDIT_UI_BASE_URL", ui_url)
-
-        settings = AuditSettings()
-        with AuditDatabase(settings) as db:
-            result = db.migrate()
-            stored = db.count(AuditQuery())
-            written = 0
-            if args.demo_events and stored == 0:  # only into an empty log: restarts do not pile up demo data
-                written = db.insert_many(demo_events(args.demo_events))
-                db.partitions.rescue_default()  # the demo reaches back before the partitions migrate made
-                # The closed days get their signed digests, as the daily job would; a seal covers events ingested
-                # at least the cutoff grace before it starts, so wait that out first.
-                time.sleep(settings.integrity.cutoff_grace_seconds + 0.1)
-                try:
-                    db.integrity.seal()
-                except AuditError as exc:  # the platform still starts; the integrity job and check will say why
-                    _print_err(f"sealing the demo data failed: {exc}")
-            total = db.count(AuditQuery())
-        database_url = settings.database_url.get_secret_value()
-        if servers is not None or not os.environ.get(STORAGE_URL_ENV):
-            # Dagster's storage goes next to the audit log unless the caller named its own (e.g. a server where
-            # the audit role may not create databases).
-            ensure_database(database_url)
-            os.environ[STORAGE_URL_ENV] = storage_url(database_url)
-        dagster_home = write_dagster_home(directory / "dagster_home")
-        os.environ["DAGSTER_HOME"] = str(dagster_home)
-
-        print("audit platform (development) is up", flush=True)
-        print(f"  AUDIT_DATABASE_URL={settings.display_database_url}")
-        print(f"  AUDIT_REPLICA_URLS={','.join(settings.display_replica_urls)}")
-        print(f"  AUDIT_REDIS_URL={settings.display_redis_url or ''}")
-        print(f"  AUDIT_ARCHIVE__ROOT_URI={os.environ['AUDIT_ARCHIVE__ROOT_URI']}")
-        print(f"  AUDIT_REPORTS__DIRECTORY={os.environ['AUDIT_REPORTS__DIRECTORY']}")
-        if dev_key is not None:
-            print(f"  AUDIT_INTEGRITY__SIGNING_KEY=(a development key, kept in {dev_key}; never use it in production)")
-        print(f"  {STORAGE_URL_ENV}={redact(os.environ[STORAGE_URL_ENV])} (Dagster's storage)")
-        print(f"  DAGSTER_HOME={dagster_home}")
-        print(f"  schema version {result.schema_version}; {written} demo events written; {total} events stored"
-              + (" (demo data goes only into an empty audit log)" if args.demo_events and not written else ""))
-        if servers is not None:
-            reused = [name for name, info in servers.status().items() if info["running"] and name not in started]
-            print(f"  local servers in {directory} (data kept between runs)"
-                  + (f"; reused, left running on exit: {', '.join(reused)}" if reused else ""))
-        if args.exit_after_setup:
-            return 0
-
-        workspace = Path(args.workspace).resolve() if args.workspace else workspace_file(dagster_home)
-        # workspace.yaml's `working_directory: .` is relative to the current directory of dagster dev.
-        cwd = repository_root() if workspace == repository_root() / "workspace.yaml" else workspace.parent
-        # Signals wait (blocked) while dagster starts, so none can orphan it between Popen and `dagster = ...`;
-        # the child unblocks them and resets them to SIG_DFL before exec.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        try:
-            dagster = DagsterDev.start(workspace, host=args.host, port=args.port, env=os.environ, cwd=cwd)
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, request_stop)
-        finally:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
-        print(f"  Dagster UI: {ui_url}  (dagster dev pid {dagster.pgid}, process group {dagster.pgid}, "
-              f"workspace {workspace})")
-        print("Press Ctrl-C to stop.", flush=True)
-        while not stop.wait(0.5):
-            if not dagster.running():
-                exit_code = dagster.process.returncode or 1
-                _print_err(f"dagster dev exited with code {dagster.process.returncode}")
-                break
-        return exit_code
-    except KeyboardInterrupt:
-        return 130 if not stopping_signal or stopping_signal[0] == signal.SIGINT else 143
-    finally:
-        # A second Ctrl-C must not cut the cleanup short.
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, request_stop)
-        try:
-            if dagster is not None:
-                print("stopping dagster dev ...", file=sys.stderr, flush=True)
-                killed = dagster.stop(timeout=20.0)
-                print("dagster dev stopped" + (f" (SIGKILL for {killed})" if killed else ""), file=sys.stderr)
-        finally:
-            try:
-                if servers is not None:
-                    _stop_started_servers(servers, started, args.dir)
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-
-def _stop_started_servers(servers: Any, started: list[str], dir_arg: str) -> None:
-    """Stop the local servers ``audit-platform dev`` started; leave (and name) those that ran before it."""
-    for component in ("replica", "primary", "redis"):  # LocalServers' stop order
-        if component in started:
-            servers.stop(component)
-    if started:
-        print(f"local servers stopped: {', '.join(started)}", file=sys.stderr)
-    left = [name for name, info in servers.status().items() if info["running"]]
-    if left:
-        print(f"left running (they were running before): {', '.join(left)}; "
-              f"stop them with: audit-platform local down --dir {dir_arg}", file=sys.stderr)
 
 
 # -- partitions ----------------------------------------------------------------------------------------------------
@@ -335,8 +156,8 @@ def cmd_partitions(args: argparse.Namespace) -> int:
 
     from audit_db_core.database import AuditDatabase
 
-    with AuditDatabase(_settings()) as db:
-        pm = db.partitions
+    with AuditDatabase(settings_from_env()) as db:
+        pm: PartitionLifecycle = db.partitions
         run_id = args.run_id
         if args.action == "list":
             parts = [p.to_dict() for p in pm.list_partitions(args.state)]
@@ -390,11 +211,21 @@ def cmd_partitions(args: argparse.Namespace) -> int:
     return 0
 
 
-def _archive_with_progress(pm: Any, period: Any, args: argparse.Namespace, run_id: str | None) -> Any:
-    from tqdm import tqdm
+def _archive_with_progress(pm: PartitionLifecycle, period: Any, args: argparse.Namespace, run_id: str | None) -> Any:
+    """A progress bar on a terminal (tqdm where installed, e.g. with the 'platform' extra; else one line)."""
+    show = not args.json and sys.stderr.isatty()
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        def line(done: int) -> None:
+            print(f"\rarchiving {period}: {done} rows", end="", file=sys.stderr, flush=True)
 
-    with tqdm(desc=f"archiving {period}", unit=" rows", disable=args.json or not sys.stderr.isatty(),
-              file=sys.stderr) as bar:
+        try:
+            return pm.archive(period, now=_when(args.now), run_id=run_id, progress=line if show else None)
+        finally:
+            if show:
+                print(file=sys.stderr)
+    with tqdm(desc=f"archiving {period}", unit=" rows", disable=not show, file=sys.stderr) as bar:
         def progress(done: int) -> None:
             bar.update(done - bar.n)
 
@@ -423,6 +254,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from audit_db_core.database import AuditDatabase
     from audit_db_core.errors import AuditValidationError
 
+    require_extra("reports", "report", "pandas")
     given = {"--org": args.org, "--target-id": args.target_id, "--target-type": args.target_type,
              "--principal": args.principal}
     required, optional = _REPORT_ARGUMENTS[args.kind]
@@ -432,7 +264,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigurationError("report arguments", problems)
     try:
-        with AuditDatabase(_settings()) as db:
+        with AuditDatabase(settings_from_env()) as db:
             reports = db.reports
             if args.kind == "access":
                 report = reports.access_report(args.org, args.target_id, args.since, args.until,
@@ -448,7 +280,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ConfigurationError:
         raise
     except AuditValidationError as exc:
-        _print_err("invalid report arguments: " + "; ".join(
+        print_err("invalid report arguments: " + "; ".join(
             f"{_REPORT_OPTIONS.get(p.field, p.field)}: {p.reason}" for p in exc.problems))
         return 2
     noun = "row" if result.rows == 1 else "rows"
@@ -491,13 +323,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     since, until = _instant(args.since, "--from"), _instant(args.until, "--to")
     try:
-        with AuditDatabase(_settings()) as db:
+        with AuditDatabase(settings_from_env()) as db:
             report = db.integrity.verify(since, until, rows=not args.chain_only, anchors=args.anchor or (),
                                          run_id=args.run_id)
     except ConfigurationError:
         raise
     except AuditValidationError as exc:
-        _print_err("invalid arguments: " + "; ".join(f"{p.field}: {p.reason}" for p in exc.problems))
+        print_err("invalid arguments: " + "; ".join(f"{p.field}: {p.reason}" for p in exc.problems))
         return 2
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))
@@ -507,25 +339,6 @@ def cmd_verify(args: argparse.Namespace) -> int:
             rows = [p.to_dict() for p in report.problems]
             print(_table(rows, ["kind", "window_start", "event_time", "event_id", "chain_seq", "source", "detail"]))
     return VERIFY_EXIT[report.status]
-
-
-def _development_signing_key(path: Path) -> Path:
-    """Load (or make, readable by this user only) the local platform's signing key pair and put it in the
-    environment. Only for ``dev``: production keys live in a secret store (``integrity keygen``)."""
-    from audit_db_core import integrity
-
-    if path.exists():
-        keys = json.loads(path.read_text())
-    else:
-        private, public = integrity.generate_key_pair()
-        keys = {"signing_key": private, "public_key": public}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(keys, f)
-    os.environ["AUDIT_INTEGRITY__SIGNING_KEY"] = keys["signing_key"]
-    os.environ.setdefault("AUDIT_INTEGRITY__PUBLIC_KEYS", keys["public_key"])
-    return path
 
 
 def cmd_integrity(args: argparse.Namespace) -> int:
@@ -546,7 +359,7 @@ def cmd_integrity(args: argparse.Namespace) -> int:
     from audit_db_core.errors import AuditValidationError
 
     try:
-        with AuditDatabase(_settings()) as db:
+        with AuditDatabase(settings_from_env()) as db:
             if args.action == "seal":
                 result = db.integrity.seal(until=_instant(args.until, "--until"), run_id=args.run_id)
                 if args.json:
@@ -572,7 +385,7 @@ def cmd_integrity(args: argparse.Namespace) -> int:
     except ConfigurationError:
         raise
     except AuditValidationError as exc:
-        _print_err("; ".join(f"{p.field}: {p.reason}" for p in exc.problems))
+        print_err("; ".join(f"{p.field}: {p.reason}" for p in exc.problems))
         return 2
     text = proof.to_json()
     if args.output:
@@ -601,7 +414,7 @@ def _check_proof(args: argparse.Namespace, integrity: Any) -> int:
     try:
         check = integrity.verify_proof(data, keys, digest_hash=args.digest_hash)
     except AuditValidationError as exc:
-        _print_err("; ".join(f"{p.field}: {p.reason}" for p in exc.problems))
+        print_err("; ".join(f"{p.field}: {p.reason}" for p in exc.problems))
         return 2
     if args.json:
         print(json.dumps({"ok": check.ok, "problems": list(check.problems), "key_id": check.key_id,
@@ -662,10 +475,10 @@ def cmd_subject(args: argparse.Namespace) -> int:
         answer = input("Erasure cannot be undone: the subject's events stay, but nothing will link them to the "
                        "person again. Type 'erase' to continue: ")
         if answer.strip() != "erase":
-            _print_err("nothing erased")
+            print_err("nothing erased")
             return 1
     try:
-        with AuditDatabase(_settings()) as db:
+        with AuditDatabase(settings_from_env()) as db:
             request = {"value": value, "subject_id": args.subject_id, "fields": args.field or None,
                        "run_id": args.run_id, "requested_by": args.requested_by}
             if args.action == "export":
@@ -676,7 +489,7 @@ def cmd_subject(args: argparse.Namespace) -> int:
         raise
     except AuditValidationError as exc:
         options = {"value": "--value", "subject_id": "--subject-id", "fields": "--field"}
-        _print_err("invalid arguments: " + "; ".join(f"{options.get(p.field, p.field)}: {p.reason}"
+        print_err("invalid arguments: " + "; ".join(f"{options.get(p.field, p.field)}: {p.reason}"
                                                    for p in exc.problems))
         return 2
     if args.action == "export":
@@ -688,7 +501,7 @@ def cmd_subject(args: argparse.Namespace) -> int:
         else:
             print(export.to_json())
         for problem in export.unreadable:
-            _print_err(f"incomplete: {problem}")
+            print_err(f"incomplete: {problem}")
         return 0 if export.found else SUBJECT_NOT_FOUND_EXIT
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
@@ -698,7 +511,7 @@ def cmd_subject(args: argparse.Namespace) -> int:
     else:
         print(result.reason)
     if result.events_in_clear:
-        _print_err(f"{result.events_in_clear} event(s) hold the identifier in clear (written before the field was "
+        print_err(f"{result.events_in_clear} event(s) hold the identifier in clear (written before the field was "
                    "pseudonymized): erasure cannot change them")
     return 0 if result.found else SUBJECT_NOT_FOUND_EXIT
 
@@ -732,35 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audit-platform", description="Audit-log platform on PostgreSQL.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    dev = sub.add_parser(
-        "dev", help="run the platform locally: servers, migrations, demo data and the Dagster UI, until Ctrl-C"
-    )
-    dev.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory of the local servers (default {DEFAULT_DIR})")
-    dev.add_argument("--port", type=int, default=3000, help="port of the Dagster UI (default 3000)")
-    dev.add_argument("--host", default="127.0.0.1", help="address the Dagster UI listens on (default 127.0.0.1)")
-    dev.add_argument("--demo-events", type=int, default=1000,
-                     help="sample events to write when the audit log is empty (0: none)")
-    dev.add_argument("--workspace", help=argparse.SUPPRESS)  # another workspace.yaml (debugging the dev loop)
-    dev.add_argument("--exit-after-setup", action="store_true", help=argparse.SUPPRESS)
-    dev.set_defaults(func=cmd_dev)
-
-    local = sub.add_parser("local", help="local PostgreSQL primary + replica + Redis")
-    local.add_argument("action", choices=["up", "down", "status"])
-    local.add_argument("--dir", default=DEFAULT_DIR, help=f"data directory (default {DEFAULT_DIR})")
-    local.add_argument("--no-replica", action="store_true", help="no streaming replica")
-    local.add_argument("--no-redis", action="store_true", help="no Redis")
-    local.add_argument("--remove", action="store_true", help="with down: delete the data directory too")
-    local.add_argument("--json", action="store_true", help="with status: JSON output")
-    local.set_defaults(func=cmd_local)
+    _add_plugin_parsers(sub)
 
     mig = sub.add_parser("migrate", help="apply migrations and premake partitions (settings from AUDIT_*)")
     mig.set_defaults(func=cmd_migrate)
-
-    demo = sub.add_parser("demo", help="write sample events")
-    demo.add_argument("--events", type=int, default=1000)
-    demo.add_argument("--seed", type=int, default=1)
-    demo.set_defaults(func=cmd_demo)
 
     parts = sub.add_parser("partitions", help="partition lifecycle: plan, list, create, archive, purge, …")
     parts.add_argument(
@@ -808,6 +596,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Entry-point group through which the other packages of the distribution add sub-commands (``dev`` from the
+#: Dagster platform, ``local`` and ``demo`` from the local servers): the core never imports them.
+COMMANDS_GROUP = "audit_platform.commands"
+
+
+def _add_plugin_parsers(sub: Any) -> None:
+    first = {"dev": 0, "local": 1, "demo": 2}  # the commands a newcomer runs first
+    for entry in sorted(importlib.metadata.entry_points(group=COMMANDS_GROUP), key=lambda e: (first.get(e.name, 9), e.name)):
+        entry.load()(sub)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -816,17 +615,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
-    except ConfigurationError as exc:
-        _print_err(str(exc))
+    except (ConfigurationError, MissingExtraError) as exc:
+        print_err(str(exc))
         return 2
     except AuditError as exc:
-        _print_err(f"{type(exc).__name__}: {exc}")
+        print_err(f"{type(exc).__name__}: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130
-    except LocalServerError as exc:
-        _print_err(str(exc))
-        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

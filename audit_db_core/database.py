@@ -27,13 +27,14 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from audit_db_core.breakers import BreakerRegistry, GuardedConnections, RetryPolicy, counts_as_failure, retry
+from audit_db_core.breakers import BreakerRegistry, ErrorPolicy, GuardedConnections, RetryPolicy, counts_as_failure
 from audit_db_core.cache import QueryCache, range_scopes, read_scope, write_scopes
 from audit_db_core.config import AuditSettings, ConsistencyLevel
 from audit_db_core.connections import ConnectionManager, current_lsn, format_lsn, parse_lsn
-from audit_db_core.errors import AuditError, AuditValidationError, classify
+from audit_db_core.errors import AuditError, AuditValidationError, ConfigurationError, classify
 from audit_db_core.events import EVENT_COLUMNS, AuditEvent, DataClassification, EventStatus, StoredAuditEvent
 from audit_db_core.health import HealthReport, build_health_report
+from audit_db_core.interfaces import ErrorHandler, ResultCache
 from audit_db_core.migrate import SCHEMA_VERSION, MigrationResult, migrate
 from audit_db_core.partitions import PartitionBounds, PartitionManager
 from audit_db_core.privacy import PrivacyManager
@@ -266,14 +267,10 @@ def _operation(name: str) -> Any:
             try:
                 return fn(self, *args, **kwargs)
             except AuditError as exc:
-                exc.context.setdefault("operation", name)
-                if not isinstance(exc, AuditValidationError):  # bad input is the caller's to report
-                    logger.warning("%s failed: %s", name, exc.message, extra={"audit": exc.to_dict()})
+                self.errors.handle(exc, operation=name)
                 raise
             except psycopg.Error as exc:
-                err = classify(exc, operation=name)
-                logger.warning("%s failed: %s", name, err.message, extra={"audit": err.to_dict()})
-                raise err from exc
+                raise self.errors.handle(exc, operation=name) from exc
             finally:
                 logger.debug("%s took %.3f ms", name, (time.perf_counter() - started) * 1000)
 
@@ -330,14 +327,25 @@ class AuditDatabase:
     primary behind its circuit breaker: while it is open they fail at once with ``CircuitOpenError``.
     """
 
-    def __init__(self, settings: AuditSettings | None = None) -> None:
+    def __init__(
+        self,
+        settings: AuditSettings | None = None,
+        *,
+        cache: ResultCache | None = None,
+        errors: ErrorHandler | None = None,
+    ) -> None:
+        """``cache`` / ``errors``: an application's own implementation of the query cache or the error handling
+        (:mod:`audit_db_core.interfaces`); by default the two-tier :class:`~audit_db_core.cache.QueryCache` of the
+        settings and :class:`~audit_db_core.breakers.ErrorPolicy` with the settings' retry policy."""
         self.settings = settings if settings is not None else AuditSettings()
         self.connections = ConnectionManager(self.settings)
         self.breakers = BreakerRegistry(self.settings.breakers, on_change=self._breaker_changed)
-        self.cache = QueryCache(self.settings, schema_version=SCHEMA_VERSION, breakers=self.breakers)
+        self.cache: ResultCache = cache if cache is not None else QueryCache(
+            self.settings, schema_version=SCHEMA_VERSION, breakers=self.breakers)
         self.router = ReplicaRouter(self.settings, self.connections, self.breakers)
         r = self.settings.retry
         self.retry_policy = RetryPolicy(r.max_attempts, r.base_delay_seconds, r.max_delay_seconds)
+        self.errors: ErrorHandler = errors if errors is not None else ErrorPolicy(self.retry_policy, log=logger)
         self._partitions: PartitionManager | None = None
         self._local = threading.local()
         # The commit position of writes is needed to invalidate the cache and to read your own writes.
@@ -393,7 +401,11 @@ class AuditDatabase:
     def reports(self) -> ReportManager:
         """The :class:`~audit_db_core.reports.ReportManager` (HIPAA access, activity, disclosure and summary
         reports) bound to this database."""
-        from audit_db_core.reports import ReportManager  # on first use: pandas takes about a second to import
+        try:  # on first use: pandas takes about a second to import
+            from audit_db_core.reports import ReportManager
+        except ModuleNotFoundError as exc:
+            raise ConfigurationError("extras", [("reports", f"HIPAA reports need the 'reports' extra ({exc.name} is "
+                                                 "not installed): pip install \"audit-platform[reports]\"")]) from None
 
         analytics = self._analytics_connection if self.settings.replicas.analytics_replica is not None else None
         return ReportManager(self.connections, self.settings, read_connection=analytics)
@@ -465,7 +477,7 @@ class AuditDatabase:
             breaker.record_success()
 
     def _retrying(self, fn: Callable[[], Any]) -> Any:
-        return retry(fn, self.retry_policy)
+        return self.errors.recover(fn)
 
     def _committed(self, conn: psycopg.Connection[Any], times: Iterable[dt.datetime]) -> None:
         """After a commit on ``conn``: remember its WAL position (read-your-writes) and invalidate the cache here.
@@ -617,7 +629,7 @@ class AuditDatabase:
         seen = self.cache.generations(scope)
         result, as_of, source = self._read(kind, run, consistency=consistency, analytics=analytics, min_lsn=min_lsn)
         if as_of:
-            limits = self.cache.limits(scope, seen, as_of, from_replica=source != "primary")
+            limits = QueryCache.limits(scope, seen, as_of, from_replica=source != "primary")
             closed = query.until is not None and query.until <= dt.datetime.now(dt.UTC)
             self.cache.set(key, result, scope=scope, limits=limits, closed=closed, encode=encode)
         return result, source

@@ -14,14 +14,25 @@ from __future__ import annotations
 import datetime as dt
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from audit_db_core.config import AuditSettings
 from audit_db_core.errors import redact
 from audit_db_core.migrate import SCHEMA_VERSION
 
-if TYPE_CHECKING:
-    from audit_db_core.database import AuditDatabase
+
+class HealthSources(Protocol):
+    """What the report reads: the parts of an :class:`~audit_db_core.AuditDatabase` (which passes itself), named
+    here so that health depends on the parts and not on the database module."""
+
+    settings: AuditSettings
+    connections: Any  # ConnectionManager: health_check, replica_status, pool_stats
+    breakers: Any  # BreakerRegistry
+    cache: Any  # interfaces.ResultCache
+    router: Any  # ReplicaRouter
+
+    @property
+    def partitions(self) -> Any: ...  # PartitionManager: plan, default_row_count
 
 
 @dataclass
@@ -123,7 +134,7 @@ def redis_status(settings: AuditSettings) -> RedisStatus:
         client.close()
 
 
-def build_health_report(db: AuditDatabase) -> HealthReport:
+def build_health_report(db: HealthSources) -> HealthReport:
     primary = db.connections.health_check()
     applied = primary.get("schema_version")
     components = {

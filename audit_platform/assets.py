@@ -21,7 +21,8 @@ from typing import Any
 
 import dagster as dg
 
-from audit_db_core import AuditError, PartitionManager
+from audit_db_core import AuditError
+from audit_db_core.interfaces import PartitionLifecycle
 from audit_db_core.errors import redact
 from audit_db_core.partitions import ArchiveResult, CreateResult, PartitionBounds, PartitionStats, resolve_period
 from audit_platform.partitions import PARTITIONS, period_for_key
@@ -54,7 +55,7 @@ def failure(message: str, **metadata: Any) -> dg.Failure:
     )
 
 
-def _bounds(pm: PartitionManager, key: str) -> PartitionBounds:
+def _bounds(pm: PartitionLifecycle, key: str) -> PartitionBounds:
     return resolve_period(period_for_key(key), pm.interval)
 
 

@@ -61,5 +61,11 @@ class AuditDatabaseResource(dg.ConfigurableResource):  # type: ignore[misc]
 
         Raises :class:`audit_db_core.AuditConnectionError` (password masked) when the primary is unreachable.
         """
-        with AuditDatabase(self.settings()) as db:
+        with self.database(self.settings()) as db:
             yield db
+
+    def database(self, settings: AuditSettings) -> AuditDatabase:
+        """The database object :meth:`open` opens. A deployment with its own implementation of a seam of
+        :mod:`audit_db_core.interfaces` (e.g. a ``ResultCache``) subclasses this resource and returns
+        ``AuditDatabase(settings, cache=MyCache(...))``."""
+        return AuditDatabase(settings)

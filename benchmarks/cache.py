@@ -33,7 +33,7 @@ Servers: with ``AUDIT_BENCH_DATABASE_URL`` set (plus optional ``AUDIT_BENCH_REPL
 ``AUDIT_BENCH_REDIS_URL``), those servers are used: the script creates and drops its own scratch database (the
 role needs CREATEDB) and uses Redis keys under a prefix of its own, deleted at the end. Without Redis the ``l2``
 tier is not measured; without replicas the database tier is the primary. Otherwise a local PostgreSQL primary,
-streaming replica and Redis (``audit_db_core.local``) are started in a temporary directory and always stopped
+streaming replica and Redis (``audit_local``) are started in a temporary directory and always stopped
 and removed, Ctrl-C and SIGTERM included.
 
 Run it from the repository root::

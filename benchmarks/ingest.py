@@ -36,7 +36,7 @@ version, Python, CPU count, N, batch size, UTC date). Nothing is gated on absolu
 printed as MISSED and the exit status stays 0.
 
 Servers: with ``AUDIT_BENCH_DATABASE_URL`` set, that server is used (the script creates and drops its own scratch
-databases on it; the role needs CREATEDB). Otherwise a local PostgreSQL (``audit_db_core.local.LocalServers``,
+databases on it; the role needs CREATEDB). Otherwise a local PostgreSQL (``audit_local.servers.LocalServers``,
 no replica, no Redis) is started in a temporary directory and always stopped and removed at the end, Ctrl-C
 and SIGTERM included.
 

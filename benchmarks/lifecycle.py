@@ -49,7 +49,7 @@ archive ``archived`` and recorded as verified with the right row count. Nothing 
 missed target prints ``MISSED`` and the exit status stays 0.
 
 Servers: with ``AUDIT_BENCH_DATABASE_URL`` set, that server is used (the script creates and drops its own
-scratch databases on it; the role needs CREATEDB). Otherwise a local PostgreSQL (``audit_db_core.local``, no
+scratch databases on it; the role needs CREATEDB). Otherwise a local PostgreSQL (``audit_local``, no
 replica, no Redis) is started in a temporary directory and always stopped and removed at the end, Ctrl-C and
 SIGTERM included.
 

@@ -2,7 +2,7 @@
 
 With ``AUDIT_TEST_DATABASE_URL`` (and optionally ``AUDIT_TEST_REPLICA_URLS``, ``AUDIT_TEST_REDIS_URL``) set, the
 tests use those servers; otherwise one local PostgreSQL primary + streaming replica + Redis is started for the
-session (``audit_db_core.local``) and stopped at the end, even when tests fail.
+session (``audit_local``) and stopped at the end, even when tests fail.
 
 Each test that needs a clean schema gets its own database, cloned from a migrated template database.
 """
@@ -65,7 +65,7 @@ def servers() -> Iterator[TestServers]:
         replicas = [u for u in os.environ.get("AUDIT_TEST_REPLICA_URLS", "").split(",") if u.strip()]
         yield TestServers(url, replicas, os.environ.get("AUDIT_TEST_REDIS_URL") or None, local=False)
         return
-    from audit_db_core.local import LocalServers
+    from audit_local.servers import LocalServers
 
     # A directory of its own, whatever the basetemp (see pytest_configure).
     directory = Path(tempfile.mkdtemp(prefix="audit-test-servers-"))

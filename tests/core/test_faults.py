@@ -22,10 +22,12 @@ from pathlib import Path
 import psycopg
 import pytest
 
+pytest.importorskip("psutil", reason="the local servers need the 'local' extra")
+
 from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings, AuditError
 from audit_db_core.breakers import BreakerState
 from audit_db_core.errors import CircuitOpenError
-from audit_db_core.local import LocalEndpoints, LocalServers
+from audit_local.servers import LocalEndpoints, LocalServers
 from audit_db_core.migrate import migrate
 
 pytestmark = [pytest.mark.slow, pytest.mark.local_servers]

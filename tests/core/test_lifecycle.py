@@ -25,7 +25,7 @@ from audit_db_core import (
     PartitionError,
 )
 from audit_db_core.archive import ArchiveManifest
-from audit_db_core.demo import demo_events
+from audit_local.demo import demo_events
 from audit_db_core.errors import ArchiveError
 from audit_db_core.ledger import entries
 

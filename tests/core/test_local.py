@@ -1,4 +1,4 @@
-"""audit_db_core.local: real PostgreSQL primary + streaming replica + Redis processes, started and stopped here.
+"""audit_local: real PostgreSQL primary + streaming replica + Redis processes, started and stopped here.
 
 Every test owns a ``tmp_path`` directory and the ``servers`` fixture stops everything in its finalizer, even when
 the test fails.
@@ -19,9 +19,11 @@ import psutil
 import psycopg
 import psycopg.errors
 import pytest
+
+pytest.importorskip("psutil", reason="the local servers need the 'local' extra")
 import redis
 
-from audit_db_core.local import LocalEndpoints, LocalServerError, LocalServers
+from audit_local.servers import LocalEndpoints, LocalServerError, LocalServers
 
 pytestmark = pytest.mark.local_servers
 
@@ -245,7 +247,7 @@ def test_down_leaves_no_process_and_is_idempotent(tmp_path: Path) -> None:
 
 def test_concurrent_up_from_two_processes_starts_one_set_of_servers(servers: LocalServers) -> None:
     code = (
-        "import sys; from audit_db_core.local import LocalServers; "
+        "import sys; from audit_local.servers import LocalServers; "
         "print(LocalServers(sys.argv[1]).up().env_lines(), end='')"
     )
     procs = [
@@ -261,9 +263,9 @@ def test_concurrent_up_from_two_processes_starts_one_set_of_servers(servers: Loc
 
 
 def test_failed_up_stops_what_it_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import audit_db_core.local as local_module
+    import audit_local.servers as local_module
 
-    monkeypatch.setattr(local_module, "_redis_server_bin", lambda: Path("/bin/false"))  # Redis cannot start
+    monkeypatch.setattr(local_module, "redis_server_bin", lambda: Path("/bin/false"))  # Redis cannot start
     local = LocalServers(tmp_path / "servers")
     try:
         with pytest.raises(LocalServerError, match="redis"):

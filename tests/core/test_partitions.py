@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, ComplianceError, PartitionError, Period
-from audit_db_core.demo import demo_events
+from audit_local.demo import demo_events
 from audit_db_core.ledger import entries
 from audit_db_core.partitions import bounds_for, resolve_period
 

@@ -15,7 +15,7 @@ import pytest
 
 from audit_db_core import AuditDatabase, AuditSettings, ConfigurationError, ConnectionManager
 from audit_db_core.config import partition_settings_from_env
-from audit_db_core.demo import demo_events
+from audit_local.demo import demo_events
 from audit_db_core.health import redis_status
 from audit_db_core.ledger import entries
 from tests.conftest import TestServers as Servers

@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import psycopg
 import pyarrow.parquet as pq
 import pytest
+
+pd = pytest.importorskip("pandas", reason="HIPAA reports need the 'reports' extra")
 
 from audit_db_core import AuditDatabase, AuditEvent, AuditSettings, AuditValidationError
 from audit_db_core.ledger import entries

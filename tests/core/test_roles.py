@@ -21,7 +21,7 @@ import pytest
 from psycopg import sql
 
 from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings, ComplianceError, MigrationError
-from audit_db_core.demo import demo_events
+from audit_local.demo import demo_events
 from audit_db_core.ledger import entries
 from audit_db_core.migrate import available_migrations, migrate
 from tests.conftest import TestServers as Servers
@@ -420,7 +420,7 @@ def test_roles_on_a_new_server(tmp_path: Path) -> None:
     """On a server of its own (the group roles must not exist yet): without CREATEROLE the migration stops with
     the statements to run; several databases migrated at once while the roles are being created all succeed; and
     after an administrator's grant the role without CREATEROLE migrates."""
-    from audit_db_core.local import LocalServers
+    from audit_local.servers import LocalServers
 
     server = LocalServers(tmp_path / "pg", replica=False, redis=False)
     superuser = server.up().database_url

@@ -12,7 +12,7 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from audit_db_core import AuditDatabase, AuditSettings
-from audit_db_core.demo import demo_events
+from audit_local.demo import demo_events
 from audit_db_core.ledger import entries
 from audit_db_core.partitions import bounds_for
 from audit_platform.assets import BACKFILL_POLICY, audit_log_archive, audit_log_partition

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from audit_db_core import AuditDatabase, AuditSettings
-from audit_db_core.demo import demo_events
+from audit_local.demo import demo_events
 from audit_db_core.ledger import entries
 from audit_platform.assets import audit_log_partition
 from audit_platform.checks import (

