@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import psutil
 
@@ -29,6 +29,15 @@ from audit_db_core.errors import AuditError, ErrorCategory, Severity
 PG_OS_USER: Final = "embedded_postgres"
 HOST: Final = "127.0.0.1"
 _LOG_TAIL_LINES: Final = 40
+
+Component = Literal["primary", "replica", "redis"]
+
+#: Every component, in start order. Stop order is replica, primary, redis.
+COMPONENTS: Final[tuple[Component, ...]] = ("primary", "replica", "redis")
+#: PostgreSQL role of every URL (initdb ``--username``; trust authentication on 127.0.0.1).
+PG_ROLE: Final = "postgres"
+#: Physical replication slot the replica streams from, so it can catch up after being stopped for a while.
+REPLICATION_SLOT: Final = "audit_replica"
 
 
 class LocalServerError(AuditError, RuntimeError):
@@ -219,3 +228,25 @@ def conf_key(line: str) -> str | None:
 
 def redis_conf_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def pg_url(port: int) -> str:
+    """URL of the ``postgres`` database on a local PostgreSQL port.
+
+    Example::
+
+        >>> pg_url(5433)
+        'postgresql://postgres@127.0.0.1:5433/postgres'
+    """
+    return f"postgresql://{PG_ROLE}@{HOST}:{port}/postgres"
+
+
+def redis_url(port: int) -> str:
+    """URL of database 0 of a local Redis port.
+
+    Example::
+
+        >>> redis_url(6380)
+        'redis://127.0.0.1:6380/0'
+    """
+    return f"redis://{HOST}:{port}/0"
