@@ -30,6 +30,7 @@ which records it in the lifecycle ledger.
 import datetime as dt
 import os
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import dagster as dg
@@ -248,7 +249,14 @@ class PurgeConfig(dg.Config):  # type: ignore[misc]
 def retention_purge(
     context: dg.OpExecutionContext, config: PurgeConfig, audit_db: AuditDatabaseResource
 ) -> dg.Output[dict[str, Any]]:
-    """``PartitionManager.purge``; the decisions (purge / keep / delete_archive, and why) as a Markdown table."""
+    """``PartitionManager.purge``; the decisions (purge / keep / delete_archive, and why) as a Markdown table.
+
+    Run config can ask for ``dry_run: false`` only where the deployment enabled executing purges
+    (``AUDIT_PLATFORM_PURGE_EXECUTE=true``): a launchpad user cannot drop partitions the deployment keeps."""
+    if not config.dry_run and not purge_executes():
+        raise failure("retention purge refused: run config asks to execute (dry_run: false), but this deployment "
+                      "runs purges as dry runs only; set AUDIT_PLATFORM_PURGE_EXECUTE=true to allow it",
+                      error_category="configuration")
     try:
         with audit_db.open() as db:
             report = db.partitions.purge(dry_run=config.dry_run, run_id=context.run_id)
@@ -562,7 +570,8 @@ class SubjectRequestConfig(dg.Config):  # type: ignore[misc]
     subject_id: str = Field(default="", description="the subject id, instead of value")
     field: str = Field(default="", description="principal_id, target_resource_id or details.<key>, comma-separated; "
                        "empty: every field in AUDIT_PRIVACY__PSEUDONYMIZE")
-    output: str = Field(default="", description="export: the JSON file to write; empty: "
+    output: str = Field(default="", description="export: the JSON file to write, inside the export root "
+                        "AUDIT_REPORTS__DIRECTORY (a path outside it is refused); empty: "
                         "AUDIT_REPORTS__DIRECTORY/subject-exports/<run id>.json")
     requested_by: str = Field(default="", description="recorded in the ledger (the request's author or ticket)")
 
@@ -578,7 +587,7 @@ def subject_request(context: dg.OpExecutionContext, config: SubjectRequestConfig
     try:
         with audit_db.open() as db:
             if config.kind == "export":
-                output = config.output or _default_export_path(db.settings, context.run_id)
+                output = export_path(db.settings, config.output, context.run_id)
                 export = db.privacy.export_subject(**request)
                 path, size, digest = export.write(output)
             else:
@@ -606,12 +615,20 @@ def subject_request(context: dg.OpExecutionContext, config: SubjectRequestConfig
     return dg.Output(summary, metadata=metadata)
 
 
-def _default_export_path(settings: Any, run_id: str) -> str:
+def export_path(settings: Any, output: str, run_id: str) -> Path:
+    """Where a subject export from run config goes: inside the export root (``AUDIT_REPORTS__DIRECTORY``), never
+    outside it — a launchpad user cannot write PHI to a path of their choosing. ``output`` relative to the root
+    (or absolute, within it); empty: ``<root>/subject-exports/<run id>.json``."""
     directory = settings.reports.directory
     if not directory:
-        raise ConfigurationError("subject_request", [("output", "is empty and AUDIT_REPORTS__DIRECTORY is not set: "
-                                                      "say where the export goes")])
-    return os.path.join(directory, "subject-exports", f"{run_id}.json")
+        raise ConfigurationError("subject_request", [("output", "AUDIT_REPORTS__DIRECTORY (the export root) is not "
+                                                      "set: say where exports may go")])
+    root = Path(directory).resolve()
+    target = (root / (output or os.path.join("subject-exports", f"{run_id}.json"))).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise ConfigurationError("subject_request", [("output", "must be a file inside the export root "
+                                                      "AUDIT_REPORTS__DIRECTORY")])
+    return target
 
 
 @dg.job(description="GDPR subject request from the launchpad: ops.subject_request.config {kind: export|erase, "

@@ -149,7 +149,18 @@ def test_retention_purge_dry_run_changes_nothing(fresh_database: str, tmp_path: 
     with psycopg.connect(fresh_database) as conn:
         assert conn.execute("SELECT count(*) FROM audit_log_p2021_03").fetchone() == (100,)
         assert entries(conn, operation="purge") == []
-    # Executed (what AUDIT_PLATFORM_PURGE_EXECUTE=true makes the schedule ask for), it drops the partition.
+    # Run config cannot switch the purge to execute while the deployment keeps purges dry.
+    refused = retention_purge_job.execute_in_process(
+        resources=resources(fresh_database), instance=dg.DagsterInstance.ephemeral(), raise_on_error=False,
+        run_config={"ops": {"retention_purge": {"config": {"dry_run": False}}}},
+    )
+    assert not refused.success
+    [failure] = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert "AUDIT_PLATFORM_PURGE_EXECUTE=true" in failure.event_specific_data.error.message
+    with AuditDatabase(AuditSettings(database_url=fresh_database)) as db:
+        assert db.partitions.get("2021-03").state == "archived"
+    # Executed where the deployment allows it (what the schedule asks for then), it drops the partition.
+    monkeypatch.setenv("AUDIT_PLATFORM_PURGE_EXECUTE", "true")
     executed = retention_purge_job.execute_in_process(
         resources=resources(fresh_database), instance=dg.DagsterInstance.ephemeral(),
         run_config={"ops": {"retention_purge": {"config": {"dry_run": False}}}},

@@ -91,3 +91,21 @@ def test_bad_run_config_fails_the_run_naming_the_field(fresh_database: str) -> N
         message = failure.step_failure_data.user_failure_data.description
         assert "value" in message and "subject_id" in message
         assert PATIENT not in _logged(instance, result)
+
+
+def test_an_export_from_run_config_stays_inside_the_export_root(fresh_database: str, tmp_path: Path) -> None:
+    _seed(fresh_database)
+    root = tmp_path / "reports"
+    outside = tmp_path / "elsewhere.json"
+    with dg.DagsterInstance.ephemeral() as instance:
+        for output in (str(outside), "../elsewhere.json", "subject-exports/../../elsewhere.json", "."):
+            refused = _run(fresh_database, instance, kind="export", value=PATIENT, output=output)
+            assert not refused.success
+            logged = _logged(instance, refused)
+            assert "must be a file inside the export root AUDIT_REPORTS__DIRECTORY" in logged
+            assert PATIENT not in logged
+        assert not outside.exists()
+        # A relative path inside the root is fine.
+        inside = _run(fresh_database, instance, kind="export", value=PATIENT, output="dpo/case-7.json")
+        assert inside.success and Path(_metadata(inside)["path"]) == root / "dpo" / "case-7.json"
+        assert (root / "dpo" / "case-7.json").exists()
