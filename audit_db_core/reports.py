@@ -49,6 +49,7 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import hashlib
+import hmac
 import io
 import json
 import logging
@@ -70,7 +71,7 @@ from psycopg.types.json import Jsonb
 from audit_db_core.config import AuditSettings
 from audit_db_core.errors import AuditValidationError
 from audit_db_core.events import check_text, format_time
-from audit_db_core.privacy import PrivacyManager
+from audit_db_core.privacy import NO_SUBJECT, PrivacyManager, is_pseudonym
 
 if TYPE_CHECKING:
     import psycopg
@@ -371,6 +372,8 @@ class Report:
     generated_at: dt.datetime
     duration_ms: float
     _manager: ReportManager | None = field(default=None, repr=False)
+    #: ``parameters`` as the ledger may hold them (see :meth:`description`).
+    recorded: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def rows(self) -> int:
@@ -384,15 +387,11 @@ class Report:
         return len(self.frame)
 
     def description(self) -> dict[str, Any]:
-        """What the report covers, without PHI: a target resource id appears only as its SHA-256."""
+        """What the report covers, as the ledger and the logs keep it: never a person's identifier. An identifier
+        of a pseudonymized field appears as its pseudonym (after a GDPR erasure nothing links it to the person), of
+        a field stored in clear as a keyed hash (HMAC with ``AUDIT_PRIVACY__LOOKUP_KEY``; left out without one)."""
         out: dict[str, Any] = {"report": self.kind, "since": format_time(self.since), "until": format_time(self.until)}
-        for key, value in self.parameters.items():
-            if value is None:
-                continue
-            if key == "target_resource_id":
-                out["target_resource_id_sha256"] = hashlib.sha256(value.encode()).hexdigest()
-            else:
-                out[key] = value
+        out.update({k: v for k, v in self.recorded.items() if v is not None})
         return out
 
     def _export(self, path: str | os.PathLike[str], fmt: str, requested_by: str | None, run_id: str | None
@@ -570,7 +569,8 @@ class ReportManager:
         with self._read_connection(operation=f"report_{kind}") as conn:
             with conn.transaction():
                 self._configure(conn)
-                stmt, params = statement(kind, self.settings, **self._stored_identifiers(filters, conn))
+                stored = self._stored_identifiers(filters, conn)
+                stmt, params = statement(kind, self.settings, **stored)
                 if kind == "compliance_summary":
                     # One row per organization: a plain query, which (unlike a cursor's) may run in parallel.
                     rows = conn.cursor(row_factory=tuple_row).execute(stmt, params).fetchall()
@@ -590,7 +590,8 @@ class ReportManager:
         ms = round((time.perf_counter() - started) * 1000, 3)
         parameters = {k: v for k, v in filters.items() if k not in ("since", "until")}
         report = Report(kind=kind, since=filters["since"], until=filters["until"], parameters=parameters,
-                        frame=frame, generated_at=dt.datetime.now(dt.UTC), duration_ms=ms, _manager=self)
+                        frame=frame, generated_at=dt.datetime.now(dt.UTC), duration_ms=ms, _manager=self,
+                        recorded=self._recorded(parameters, stored))
         logger.info("report made", extra={"audit": {**report.description(), "rows": len(frame), "ms": ms}})
         return report
 
@@ -605,6 +606,24 @@ class ReportManager:
         for name in ("principal_id", "target_resource_id"):
             if out.get(name) is not None:
                 out[name] = privacy.pseudonym_for(name, out[name], conn)
+        return out
+
+    def _recorded(self, parameters: dict[str, Any], stored: dict[str, Any]) -> dict[str, Any]:
+        """What the ledger may keep of the report's filters: organization and resource type as given; a principal
+        or target resource id as its pseudonym where the field is pseudonymized (``None`` when it names no
+        subject), else as a keyed hash — domain-separated from the subject mapping's lookup digests — or not at
+        all without a key. A plain SHA-256 of an identifier would be reversible by trying candidates."""
+        out: dict[str, Any] = {}
+        key = self.settings.privacy.lookup_key
+        for name, value in parameters.items():
+            if value is None or name not in ("principal_id", "target_resource_id"):
+                out[name] = value
+            elif stored.get(name) != value or is_pseudonym(value):
+                out[f"{name}_pseudonym"] = None if stored.get(name) == NO_SUBJECT else stored.get(name)
+            elif key is not None:
+                out[f"{name}_hmac"] = hmac.new(key.get_secret_value().encode(),
+                                               b"report-ledger\x00" + name.encode() + b"\x00" + value.encode(),
+                                               hashlib.sha256).hexdigest()
         return out
 
     def _configure(self, conn: psycopg.Connection[Any]) -> None:

@@ -262,6 +262,16 @@ def test_erasure_is_irreversible_and_verification_still_passes(
     assert is_pseudonym(pseudonym) and is_pseudonym(mrn_pseudonym)
     # The identifiers were never in the log, the ledger, the digests or the archive (pseudonyms from ingestion on).
     assert PATIENT not in log_text(fresh_database) + archive_text(tmp_path / "archive")
+    # A HIPAA report about the patient, and one about the doctor, exported before the erasure: the ledger keeps
+    # the pseudonyms the reports were asked for, not the identifiers (nor a plain hash of them).
+    db.insert(read("patient-9", who="nurse.joy", organization_id="general"))  # someone else, in that organization
+    since, until = dt.datetime.now(UTC) - dt.timedelta(days=1), dt.datetime.now(UTC) + dt.timedelta(days=1)
+    db.reports.access_report("general", PATIENT, since, until).to_csv(tmp_path / "access.csv")
+    db.reports.activity_report("general", DOCTOR, since, until).to_csv(tmp_path / "activity.csv")
+    with psycopg.connect(fresh_database) as conn:
+        exports = entries(conn, operation="report_export")
+    assert [e.details.get("target_resource_id_pseudonym") for e in exports] == [pseudonym, None]
+    assert is_pseudonym(exports[1].details["principal_id_pseudonym"])
 
     result = db.privacy.erase_subject(PATIENT, requested_by="privacy.officer")
     assert result.found and result.events_unlinked == 4 and result.events_in_clear == 0 and not result.unreadable
@@ -284,6 +294,8 @@ def test_erasure_is_irreversible_and_verification_still_passes(
     assert pseudonym[4:] not in derived
     text = log_text(fresh_database) + archive_text(tmp_path / "archive")
     assert PATIENT not in text and candidate.hex() not in text
+    assert hashlib.sha256(PATIENT.encode()).hexdigest() not in text  # report exports included (the ledger)
+    assert DOCTOR not in text and hashlib.sha256(DOCTOR.encode()).hexdigest() not in text
     assert text.count(pseudonym) >= 2  # the rows are all still there, unchanged, under their old pseudonym
     # The MRN was another subject: still linked.
     assert db.privacy.reveal([mrn_pseudonym]) == {mrn_pseudonym: MRN}

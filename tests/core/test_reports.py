@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import hmac
 import json
 import os
 import subprocess
@@ -314,10 +315,26 @@ def test_exports_round_trip_and_are_recorded_in_the_ledger(
     assert details["report"] == "access" and details["format"] == fmt and details["organization_id"] == "org-a"
     assert details["requested_by"] == "privacy.officer" and details["path"] == str(path.resolve())
     assert details["since"] == "2025-03-01T00:00:00.000000Z" and details["until"] == "2025-04-01T00:00:00.000000Z"
-    # The patient identifier is recorded only as its hash; no row of the report is in the ledger.
-    assert details["target_resource_id_sha256"] == hashlib.sha256(b"p-1").hexdigest()
+    # Without pseudonyms and without a lookup key the patient identifier is not recorded at all — not even as a
+    # plain SHA-256, which anyone could recompute from a list of candidate ids; no row of the report is there.
     text = json.dumps(details)
+    assert not any(k.startswith("target_resource_id") for k in details)
+    assert hashlib.sha256(b"p-1").hexdigest() not in text
     assert "p-1" not in text and "dr.house" not in text and "nurse.joy" not in text
+
+
+def test_with_a_lookup_key_the_ledger_keeps_a_keyed_hash_of_an_identifier_in_clear(
+    fresh_database: str, seeded: dict[str, AuditEvent], tmp_path: Path
+) -> None:
+    key = "report-ledger-test-key-0123456789abcdef"
+    settings = AuditSettings(database_url=fresh_database, privacy={"lookup_key": key})
+    with AuditDatabase(settings) as keyed:
+        keyed.reports.access_report("org-a", "p-1", SINCE, UNTIL).to_csv(tmp_path / "a.csv")
+        with keyed.connections.connection() as conn:
+            (entry,) = entries(conn, operation="report_export")
+    expected = hmac.new(key.encode(), b"report-ledger\x00target_resource_id\x00p-1", hashlib.sha256).hexdigest()
+    assert entry.details["target_resource_id_hmac"] == expected  # an auditor with the key can match a known id
+    assert "p-1" not in json.dumps(entry.details)
 
 
 def test_csv_and_json_are_readable_without_the_library(
