@@ -42,6 +42,7 @@ from typing import Any
 
 from audit_db_core.errors import AuditError, ConfigurationError
 from audit_db_core.interfaces import PartitionLifecycle
+from audit_db_core.private_files import make_private_dirs, write_private
 
 DEFAULT_DIR = ".audit-platform"
 logger = logging.getLogger("audit_db_core.cli")
@@ -389,7 +390,8 @@ def cmd_integrity(args: argparse.Namespace) -> int:
         return 2
     text = proof.to_json()
     if args.output:
-        Path(args.output).write_text(text + "\n", encoding="utf-8")
+        make_private_dirs(Path(args.output).parent)
+        write_private(args.output, (text + "\n").encode())  # names an event of the log: owner-only
         print(f"proof of {args.event[1]} written to {args.output} (digest #{proof.digest.chain_seq})")
     else:
         print(text)

@@ -54,6 +54,7 @@ from audit_db_core import ledger
 from audit_db_core.config import PSEUDONYMIZABLE_FIELDS, AuditSettings
 from audit_db_core.errors import AuditError, AuditValidationError, ConfigurationError
 from audit_db_core.events import STORED_COLUMNS, AuditEvent, format_time
+from audit_db_core.private_files import make_private_dirs, write_private
 from audit_db_core.query import AuditQuery
 
 logger = logging.getLogger("audit_db_core.privacy")
@@ -148,9 +149,9 @@ class SubjectExport:
         target = Path(path)
         data = self.to_json().encode()
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(target.parent)
             tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(data)
+            write_private(tmp, data)  # PHI: owner-only, whatever the umask
             tmp.replace(target)
         except OSError as exc:
             raise AuditError(f"cannot write the subject export to {target}: {exc.strerror or exc}",

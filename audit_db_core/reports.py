@@ -71,6 +71,7 @@ from psycopg.types.json import Jsonb
 from audit_db_core.config import AuditSettings
 from audit_db_core.errors import AuditValidationError
 from audit_db_core.events import check_text, format_time
+from audit_db_core.private_files import create_private, make_private, make_private_dirs
 from audit_db_core.privacy import NO_SUBJECT, PrivacyManager, is_pseudonym
 
 if TYPE_CHECKING:
@@ -676,13 +677,15 @@ class ReportManager:
             raise _invalid("path", "is a directory: give a file name")
         started = time.perf_counter()
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(target.parent)
         except OSError as exc:
             raise _invalid("path", f"its directory cannot be created ({exc.strerror or exc})") from None
         temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
             try:
+                os.close(create_private(temporary, exclusive=True))  # PHI: 0600 before a byte is written
                 _WRITERS[fmt](report, temporary)
+                make_private(temporary)
                 digest, size = _sha256(temporary)
             except OSError as exc:
                 raise _invalid("path", f"cannot be written ({exc.strerror or exc})") from None

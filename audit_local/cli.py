@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from audit_db_core.cli import require_extra, settings_from_env
+from audit_db_core.private_files import make_private_dirs, write_private
 
 #: Where ``local`` and ``dev`` keep their servers and data unless ``--dir`` says otherwise.
 DEFAULT_DIR = ".audit-platform"
@@ -71,10 +72,8 @@ def development_signing_key(path: Path) -> Path:
     else:
         private, public = integrity.generate_key_pair()
         keys = {"signing_key": private, "public_key": public}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(keys, f)
+        make_private_dirs(path.parent)
+        write_private(path, json.dumps(keys).encode(), exclusive=True)
     os.environ["AUDIT_INTEGRITY__SIGNING_KEY"] = keys["signing_key"]
     os.environ.setdefault("AUDIT_INTEGRITY__PUBLIC_KEYS", keys["public_key"])
     return path

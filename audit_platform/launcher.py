@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from audit_db_core.cli import print_err, require_extra
 from audit_db_core.errors import AuditError, ConfigurationError
+from audit_db_core.private_files import make_private_dirs
 from audit_local.cli import DEFAULT_DIR
 
 if TYPE_CHECKING:
@@ -123,7 +124,7 @@ def _default_environment(run: _DevRun, args: argparse.Namespace) -> str:
 
     archive_dir = run.directory / "archive"
     if not os.environ.get("AUDIT_ARCHIVE__ROOT_URI"):
-        archive_dir.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(archive_dir)
         os.environ["AUDIT_ARCHIVE__ROOT_URI"] = archive_dir.as_uri()
     if not os.environ.get("AUDIT_REPORTS__DIRECTORY"):  # where the compliance_summary asset writes
         os.environ["AUDIT_REPORTS__DIRECTORY"] = str(run.directory / "reports")

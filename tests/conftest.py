@@ -44,6 +44,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(_PRIVATE_BASETEMP, ignore_errors=True)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The fast lane (``pytest -m fast``): unit-level tests — no database or Redis (no ``servers`` fixture in their
+    closure), no processes of their own, nothing heavy. Derived from what a test uses, so it cannot drift."""
+    for item in items:
+        heavy = item.get_closest_marker("slow") or item.get_closest_marker("local_servers")
+        if not heavy and "servers" not in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.fast)
+
+
 @dataclass(frozen=True)
 class TestServers:
     database_url: str

@@ -19,10 +19,11 @@ UTC = dt.UTC
 TODAY = dt.datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None, stdin: str | None = None,
+        umask: int | None = None) -> subprocess.CompletedProcess[str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}
     return subprocess.run([*CLI, *args], env={**base, **(env or {})}, capture_output=True, text=True, timeout=120,
-                          input=stdin)
+                          input=stdin, umask=-1 if umask is None else umask)
 
 
 def test_keygen_seal_verify_prove_and_check_proof(fresh_database: str, tmp_path: Path) -> None:
@@ -52,11 +53,13 @@ def test_keygen_seal_verify_prove_and_check_proof(fresh_database: str, tmp_path:
     anchored = run("verify", "--chain-only", "--anchor", f"2:{head['digest_hash']}", env=env)
     assert anchored.returncode == 0, anchored.stdout
 
-    proof_file = tmp_path / "proof.json"
+    proof_file = tmp_path / "proofs" / "proof.json"
     target = events[1]
     proved = run("integrity", "prove", target.event_time.isoformat(), str(target.event_id), "--output",
-                 str(proof_file), env=env)
+                 str(proof_file), env=env, umask=0)
     assert proved.returncode == 0, proved.stderr
+    # The proof names an event of the log: owner-only even under a permissive umask, and so is the directory made.
+    assert (proof_file.stat().st_mode & 0o777, proof_file.parent.stat().st_mode & 0o777) == (0o600, 0o700)
     # The auditor's side: the proof and the public key, no database, no other setting.
     checked = run("integrity", "check-proof", str(proof_file), "--public-key", public)
     assert checked.returncode == 0 and "proof verified" in checked.stdout, checked.stdout + checked.stderr
