@@ -135,26 +135,12 @@ def redis_status(settings: AuditSettings) -> RedisStatus:
 
 
 def build_health_report(db: HealthSources) -> HealthReport:
+    """Every component of ``db`` checked once: primary, schema, replicas, Redis, breakers, partitions."""
     primary = db.connections.health_check()
     applied = primary.get("schema_version")
-    components = {
-        "primary": ComponentHealth(
-            name="primary",
-            healthy=bool(primary["reachable"]) and not primary["in_recovery"],
-            details={k: v for k, v in primary.items() if k != "error"},
-            error=primary["error"] or ("the primary is in recovery (a standby)" if primary["in_recovery"] else None),
-        )
-    }
+    components = {"primary": _primary_health(primary)}
     if primary["reachable"]:
-        behind = applied is None or applied < SCHEMA_VERSION
-        components["schema"] = ComponentHealth(
-            name="schema",
-            healthy=not behind,
-            details={"applied": applied, "shipped": SCHEMA_VERSION},
-            error=f"database schema is at version {applied}, the package needs {SCHEMA_VERSION}: run migrate"
-            if behind
-            else None,
-        )
+        components["schema"] = _schema_health(applied)
     for replica in db.connections.replica_status():
         components[replica.name] = ComponentHealth(
             name=replica.name,
@@ -163,41 +149,12 @@ def build_health_report(db: HealthSources) -> HealthReport:
             error=replica.problem,
             critical=False,
         )
-    cache = redis_status(db.settings)
-    components["redis"] = ComponentHealth(
-        name="redis",
-        healthy=cache.healthy,
-        details={k: v for k, v in cache.to_dict().items() if k not in ("error", "healthy")},
-        error=None if cache.healthy else f"unreachable: {cache.error}",
-        critical=False,
-    )
+    components["redis"] = _redis_health(db.settings)
     breakers = db.breakers.stats()
-    not_closed = [name for name, b in breakers.items() if b["state"] != "closed"]
-    components["breakers"] = ComponentHealth(
-        name="breakers",
-        healthy=not not_closed,
-        details={"not_closed": not_closed},
-        error="circuit breaker(s) not closed: " + ", ".join(f"{n} ({breakers[n]['state']})" for n in not_closed)
-        if not_closed else None,
-        critical="primary" in not_closed,  # writes fail while the primary's is open; others only degrade
-    )
+    components["breakers"] = _breakers_health(breakers)
     partitions: dict[str, Any] = {}
     if primary["reachable"] and applied is not None and applied >= SCHEMA_VERSION:
-        try:
-            plan = db.partitions.plan()
-            missing = [a.partition for a in plan.of("create")]
-            default_rows = db.partitions.default_row_count()
-            partitions = {"missing": missing, "premake": db.settings.partitions.premake, "default_rows": default_rows}
-            problems = ([f"{len(missing)} partition(s) of the premake window missing: {', '.join(missing)}"]
-                        if missing else []) + ([f"{default_rows} row(s) in the DEFAULT partition"] if default_rows else [])
-            components["partitions"] = ComponentHealth(
-                name="partitions", healthy=not problems, details=partitions,
-                error="; ".join(problems) or None, critical=False,  # writes still land (in DEFAULT) and are rescued
-            )
-        except Exception as exc:
-            components["partitions"] = ComponentHealth(
-                name="partitions", healthy=False, error=redact(str(exc).splitlines()[0] if str(exc) else
-                                                                type(exc).__name__), critical=False)
+        components["partitions"], partitions = _partitions_health(db)
     return HealthReport(
         checked_at=dt.datetime.now(dt.UTC),
         components=components,
@@ -209,3 +166,62 @@ def build_health_report(db: HealthSources) -> HealthReport:
         routing=db.router.snapshot(),
         partitions=partitions,
     )
+
+
+def _primary_health(primary: dict[str, Any]) -> ComponentHealth:
+    return ComponentHealth(
+        name="primary",
+        healthy=bool(primary["reachable"]) and not primary["in_recovery"],
+        details={k: v for k, v in primary.items() if k != "error"},
+        error=primary["error"] or ("the primary is in recovery (a standby)" if primary["in_recovery"] else None),
+    )
+
+
+def _schema_health(applied: int | None) -> ComponentHealth:
+    behind = applied is None or applied < SCHEMA_VERSION
+    return ComponentHealth(
+        name="schema",
+        healthy=not behind,
+        details={"applied": applied, "shipped": SCHEMA_VERSION},
+        error=f"database schema is at version {applied}, the package needs {SCHEMA_VERSION}: run migrate"
+        if behind else None,
+    )
+
+
+def _redis_health(settings: AuditSettings) -> ComponentHealth:
+    cache = redis_status(settings)
+    return ComponentHealth(
+        name="redis",
+        healthy=cache.healthy,
+        details={k: v for k, v in cache.to_dict().items() if k not in ("error", "healthy")},
+        error=None if cache.healthy else f"unreachable: {cache.error}",
+        critical=False,
+    )
+
+
+def _breakers_health(breakers: dict[str, dict[str, Any]]) -> ComponentHealth:
+    not_closed = [name for name, b in breakers.items() if b["state"] != "closed"]
+    return ComponentHealth(
+        name="breakers",
+        healthy=not not_closed,
+        details={"not_closed": not_closed},
+        error="circuit breaker(s) not closed: " + ", ".join(f"{n} ({breakers[n]['state']})" for n in not_closed)
+        if not_closed else None,
+        critical="primary" in not_closed,  # writes fail while the primary's is open; others only degrade
+    )
+
+
+def _partitions_health(db: HealthSources) -> tuple[ComponentHealth, dict[str, Any]]:
+    """Premake coverage and DEFAULT rows; not critical: writes still land (in DEFAULT) and are rescued."""
+    try:
+        plan = db.partitions.plan()
+        missing = [a.partition for a in plan.of("create")]
+        default_rows = db.partitions.default_row_count()
+    except Exception as exc:
+        return ComponentHealth(name="partitions", healthy=False, critical=False,
+                               error=redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)), {}
+    partitions = {"missing": missing, "premake": db.settings.partitions.premake, "default_rows": default_rows}
+    problems = ([f"{len(missing)} partition(s) of the premake window missing: {', '.join(missing)}"]
+                if missing else []) + ([f"{default_rows} row(s) in the DEFAULT partition"] if default_rows else [])
+    return ComponentHealth(name="partitions", healthy=not problems, details=partitions,
+                           error="; ".join(problems) or None, critical=False), partitions
