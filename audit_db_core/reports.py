@@ -667,50 +667,65 @@ class ReportManager:
             result = db.reports.write(report, "access.json")           # format from the suffix
             result.rows, result.sha256
         """
-        if not isinstance(report, Report):
-            raise _invalid("report", f"expected a Report (from db.reports), not {type(report).__name__}")
-        if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
-            raise _invalid("path", "must be a file path")
-        target = Path(path).expanduser()
-        fmt = _format_of(target, format)
-        if target.is_dir():
-            raise _invalid("path", "is a directory: give a file name")
+        target, fmt = _export_target(report, path, format)
         started = time.perf_counter()
-        try:
-            make_private_dirs(target.parent)
-        except OSError as exc:
-            raise _invalid("path", f"its directory cannot be created ({exc.strerror or exc})") from None
         temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
         try:
-            try:
-                os.close(create_private(temporary, exclusive=True))  # PHI: 0600 before a byte is written
-                _WRITERS[fmt](report, temporary)
-                make_private(temporary)
-                digest, size = _sha256(temporary)
-            except OSError as exc:
-                raise _invalid("path", f"cannot be written ({exc.strerror or exc})") from None
+            digest, size = _write_private_file(report, fmt, temporary)
             ms = round((time.perf_counter() - started) * 1000, 3)
             details = {**report.description(), "format": fmt, "path": str(target.resolve()),
                        "requested_by": requested_by if requested_by is not None else _requested_by(),
                        "generated_at": format_time(report.generated_at)}
-            published = False
-            try:
-                with self._connections.connection(operation="report_export") as conn, conn.transaction():
-                    # Through the function of migration 0010, so a reader (no write access to the ledger) may
-                    # export and still leave its entry; recorded under the caller's own name.
-                    conn.execute("SELECT audit_record_report_export(%s, %s, %s, %s, %s, %s)",
-                                 (report.rows, size, digest, ms, Jsonb(details, dumps=_ledger_json), run_id))
-                    os.replace(temporary, target)
-                    published = True
-            except BaseException:
-                if published:  # renamed, but the ledger entry did not commit: an unrecorded export must not stay
-                    target.unlink(missing_ok=True)
-                raise
+            self._publish(temporary, target, (report.rows, size, digest, ms,
+                                              Jsonb(details, dumps=_ledger_json), run_id))
         finally:
             temporary.unlink(missing_ok=True)
         result = ExportResult(path=target, format=fmt, rows=report.rows, bytes=size, sha256=digest, duration_ms=ms)
         logger.info("report exported", extra={"audit": {**details, "rows": report.rows, "bytes": size}})
         return result
+
+    def _publish(self, temporary: Path, target: Path, entry: tuple[Any, ...]) -> None:
+        """Rename the file into place inside the transaction that appends its ledger entry: both or neither."""
+        published = False
+        try:
+            with self._connections.connection(operation="report_export") as conn, conn.transaction():
+                # Through the function of migration 0010, so a reader (no write access to the ledger) may export
+                # and still leave its entry; recorded under the caller's own name.
+                conn.execute("SELECT audit_record_report_export(%s, %s, %s, %s, %s, %s)", entry)
+                os.replace(temporary, target)
+                published = True
+        except BaseException:
+            if published:  # renamed, but the ledger entry did not commit: an unrecorded export must not stay
+                target.unlink(missing_ok=True)
+            raise
+
+
+def _export_target(report: Any, path: Any, format: str | None) -> tuple[Path, str]:  # noqa: A002
+    """The checked target file (its directory made, owner-only) and format, or an error naming the argument."""
+    if not isinstance(report, Report):
+        raise _invalid("report", f"expected a Report (from db.reports), not {type(report).__name__}")
+    if not isinstance(path, (str, os.PathLike)) or not str(path).strip():
+        raise _invalid("path", "must be a file path")
+    target = Path(path).expanduser()
+    fmt = _format_of(target, format)
+    if target.is_dir():
+        raise _invalid("path", "is a directory: give a file name")
+    try:
+        make_private_dirs(target.parent)
+    except OSError as exc:
+        raise _invalid("path", f"its directory cannot be created ({exc.strerror or exc})") from None
+    return target, fmt
+
+
+def _write_private_file(report: Report, fmt: str, temporary: Path) -> tuple[str, int]:
+    """Write the report to ``temporary`` (0600 before a byte of PHI is written); its SHA-256 and size."""
+    try:
+        os.close(create_private(temporary, exclusive=True))
+        _WRITERS[fmt](report, temporary)
+        make_private(temporary)
+        return _sha256(temporary)
+    except OSError as exc:
+        raise _invalid("path", f"cannot be written ({exc.strerror or exc})") from None
 
 
 # -- writers and reader ------------------------------------------------------------------------------------------------
