@@ -25,13 +25,31 @@ from audit_platform.dagster_home import STORAGE_URL_ENV, dagster_yaml, storage_u
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 
-#: What an operator must provide (docker/env.example lists them).
+#: What an operator must provide (docker/env.example lists them): one password per login, no defaults.
 SECRETS = {
-    "POSTGRES_PASSWORD": "pw-audit",
-    "REPLICATION_PASSWORD": "pw-repl",
+    "POSTGRES_PASSWORD": "pw-superuser",
+    "OWNER_PG_PASSWORD": "pw-owner",
+    "MAINTAINER_PG_PASSWORD": "pw-maintainer",
+    "WRITER_PG_PASSWORD": "pw-writer",
+    "READER_PG_PASSWORD": "pw-reader",
+    "REPLICATION_PG_PASSWORD": "pw-replication",
     "DAGSTER_PG_PASSWORD": "pw-dagster",
 }
+#: Where each secret may appear (environment, command): the least each service needs. The writer's and the
+#: reader's logins are for applications and auditors outside the compose file.
+SECRET_USERS = {
+    "POSTGRES_PASSWORD": {"postgres"},
+    "OWNER_PG_PASSWORD": {"postgres", "migrate"},
+    "MAINTAINER_PG_PASSWORD": {"postgres", "code-location"},
+    "WRITER_PG_PASSWORD": {"postgres"},
+    "READER_PG_PASSWORD": {"postgres"},
+    "REPLICATION_PG_PASSWORD": {"postgres", "postgres-replica"},
+    "DAGSTER_PG_PASSWORD": {"postgres", "code-location", "dagster-webserver", "dagster-daemon"},
+}
+DATABASE_SERVICES = ("postgres", "postgres-replica")
 DAGSTER_SERVICES = ("code-location", "dagster-webserver", "dagster-daemon")
+#: Services that run once and exit (others wait for their success); they have no health check.
+ONE_SHOT_SERVICES = ("migrate",)
 DAGSTER_PG_VARS = ("DAGSTER_PG_HOST", "DAGSTER_PG_USER", "DAGSTER_PG_PASSWORD", "DAGSTER_PG_DB")
 AUDIT_VARS = ("AUDIT_DATABASE_URL", "AUDIT_REPLICA_URLS", "AUDIT_REDIS_URL", "AUDIT_ARCHIVE__ROOT_URI",
               "AUDIT_ALERT_WEBHOOK_URL", "AUDIT_UI_BASE_URL")
@@ -141,12 +159,12 @@ def _option(command: list[str], *names: str) -> str:
 
 def test_compose_has_every_service_and_each_one_an_image_or_a_build(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert {"postgres", "postgres-replica", "redis", *DAGSTER_SERVICES} <= set(services)
+    assert {"postgres", "postgres-replica", "redis", *DAGSTER_SERVICES, *ONE_SHOT_SERVICES} <= set(services)
     for name, service in services.items():
         assert service.get("image") or service.get("build"), f"{name}: neither image nor build"
     assert services["postgres"]["image"].startswith("postgres:16")
     assert services["postgres-replica"]["image"] == services["postgres"]["image"]  # base backups need one version
-    for name in DAGSTER_SERVICES:
+    for name in (*DAGSTER_SERVICES, *ONE_SHOT_SERVICES):
         assert services[name].get("build"), f"{name} must be built from this repository"
 
 
@@ -155,18 +173,24 @@ def test_compose_dependencies_exist_and_wait_for_health(compose: dict[str, Any])
     for name, service in services.items():
         for dep, spec in service["depends_on"].items():
             assert dep in services, f"{name} depends on unknown service {dep}"
-            if "healthcheck" in services[dep]:
+            if dep in ONE_SHOT_SERVICES:
+                assert spec.get("condition") == "service_completed_successfully", f"{name} should wait for {dep}"
+            elif "healthcheck" in services[dep]:
                 assert spec.get("condition") == "service_healthy", f"{name} should wait until {dep} is healthy"
     assert "postgres" in services["postgres-replica"]["depends_on"]
     for name in ("dagster-webserver", "dagster-daemon"):
         assert "code-location" in services[name]["depends_on"]
-    assert {"postgres", "postgres-replica", "redis"} <= set(services["code-location"]["depends_on"])
+    assert {"postgres", "postgres-replica", "redis", "migrate"} <= set(services["code-location"]["depends_on"])
+    assert "postgres" in services["migrate"]["depends_on"]
 
 
 def test_compose_services_have_healthchecks_and_declared_volumes(compose: dict[str, Any]) -> None:
     declared = set(compose.get("volumes") or {})
     for name, service in compose["services"].items():
-        assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
+        if name in ONE_SHOT_SERVICES:
+            assert str(service.get("restart", "no")) == "no", f"{name} runs once: it must not be restarted"
+        else:
+            assert service.get("healthcheck", {}).get("test"), f"{name}: no healthcheck"
         for volume in service.get("volumes") or []:
             if isinstance(volume, dict):
                 source, kind = volume.get("source"), volume.get("type")
@@ -194,21 +218,29 @@ def test_compose_environment_wires_the_services_together(compose: dict[str, Any]
     replica = urlsplit(code_env["AUDIT_REPLICA_URLS"].split(",")[0])
     redis = urlsplit(code_env["AUDIT_REDIS_URL"])
     assert (primary.hostname, replica.hostname, redis.hostname) == ("postgres", "postgres-replica", "redis")
-    assert primary.password == SECRETS["POSTGRES_PASSWORD"]
+    assert primary.password == SECRETS["MAINTAINER_PG_PASSWORD"] == replica.password
+    assert primary.path == replica.path == "/" + services["postgres"]["environment"]["AUDIT_PG_DB"]
     assert code_env["AUDIT_ARCHIVE__ROOT_URI"].startswith("file:///")
     archive_path = urlsplit(code_env["AUDIT_ARCHIVE__ROOT_URI"]).path
     assert any(archive_path in str(v) for v in services["code-location"]["volumes"]), "archive not on a volume"
     pg_env = services["postgres"]["environment"]
     assert pg_env["POSTGRES_PASSWORD"] == SECRETS["POSTGRES_PASSWORD"]
-    assert pg_env["REPLICATION_PASSWORD"] == services["postgres-replica"]["environment"]["REPLICATION_PASSWORD"]
+    replica_env = services["postgres-replica"]["environment"]
+    for var in ("REPLICATION_PG_USER", "REPLICATION_PG_PASSWORD"):
+        assert pg_env[var] == replica_env[var]
     assert pg_env["DAGSTER_PG_DB"] == services["dagster-daemon"]["environment"]["DAGSTER_PG_DB"]
     # The primary must allow streaming replication.
     assert "wal_level=replica" in _command(services["postgres"])
 
 
 def test_compose_refuses_to_start_without_the_passwords() -> None:
-    with pytest.raises(MissingVariable, match="POSTGRES_PASSWORD|DAGSTER_PG_PASSWORD|REPLICATION_PASSWORD"):
+    with pytest.raises(MissingVariable, match="|".join(SECRETS)):
         resolve_compose({})
+    # Each one on its own, and an empty one counts as missing: no login ever gets a default or empty password.
+    for var in SECRETS:
+        for missing in ({k: v for k, v in SECRETS.items() if k != var}, {**SECRETS, var: ""}):
+            with pytest.raises(MissingVariable, match=var):
+                resolve_compose(missing)
 
 
 def test_code_location_serves_the_definitions_module_over_grpc(compose: dict[str, Any]) -> None:
@@ -251,9 +283,140 @@ def test_replica_is_a_streaming_standby_made_by_pg_basebackup(compose: dict[str,
     health = " ".join(str(t) for t in replica["healthcheck"]["test"])
     assert "pg_is_in_recovery" in health
     init = (REPO / "docker" / "primary-init.sh").read_text()
-    assert "REPLICATION" in init and "host replication replicator" in init
+    assert "host replication $REPLICATION_PG_USER all scram-sha-256" in init
+    assert '-U "$REPLICATION_PG_USER"' in script and "PGPASSWORD=\"$REPLICATION_PG_PASSWORD\"" in script
     for script_path in ("docker/replica-entrypoint.sh", "docker/primary-init.sh"):
         assert subprocess.run(["bash", "-n", str(REPO / script_path)]).returncode == 0
+
+
+# -- least privilege -----------------------------------------------------------------------------------------------
+
+
+def _client_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every service but the database servers themselves (and Redis, which logs in nowhere)."""
+    return {name: service for name, service in compose["services"].items()
+            if name not in (*DATABASE_SERVICES, "redis")}
+
+
+def _urls(env: dict[str, str]) -> dict[str, list[Any]]:
+    """Every URL of an environment, by variable (comma-separated lists split)."""
+    return {var: [urlsplit(u.strip()) for u in value.split(",") if "://" in u] for var, value in env.items()
+            if "://" in value}
+
+
+def _networks(service: dict[str, Any]) -> set[str]:
+    networks = service.get("networks") or {}
+    return set(networks) if isinstance(networks, (dict, list)) else set()
+
+
+def test_no_client_service_connects_as_the_superuser(compose: dict[str, Any]) -> None:
+    superuser = compose["services"]["postgres"]["environment"]["POSTGRES_USER"]
+    assert superuser == "postgres"  # the image's default superuser, kept inside the database containers
+    users_seen = set()
+    for name, service in _client_services(compose).items():
+        env = service["environment"]
+        assert not {"POSTGRES_USER", "POSTGRES_PASSWORD"} & set(env), f"{name} is handed the superuser"
+        assert all(SECRETS["POSTGRES_PASSWORD"] not in value for value in env.values()), name
+        for var, urls in _urls(env).items():
+            for url in urls:
+                if url.scheme.startswith("postgres"):
+                    assert url.username not in (superuser, "postgres", None), f"{name}: {var} as {url.username}"
+                    users_seen.add(url.username)
+        if "DAGSTER_PG_USER" in env:
+            assert env["DAGSTER_PG_USER"] not in (superuser, "postgres"), name
+    # Two different logins: the migration's owner and the code location's maintainer.
+    assert len(users_seen) == 2, users_seen
+
+
+def test_each_secret_reaches_only_the_services_that_need_it(compose: dict[str, Any]) -> None:
+    for var, value in SECRETS.items():
+        holders = {name for name, service in compose["services"].items()
+                   if value in " ".join([*service["environment"].values(), *_command(service)])}
+        assert holders == SECRET_USERS[var], f"{var} reaches {sorted(holders)}"
+    services = compose["services"]
+    pg_env = services["postgres"]["environment"]
+    logins = {var: pg_env[var] for var in pg_env if var.endswith("_PG_USER")}
+    assert len(set(logins.values())) == len(logins) == 6, logins  # one login per kind of client
+    # The code location works as the maintainer, the migration as the owner; neither login is shared.
+    code_env, migrate_env = services["code-location"]["environment"], services["migrate"]["environment"]
+    assert urlsplit(code_env["AUDIT_DATABASE_URL"]).username == logins["MAINTAINER_PG_USER"]
+    assert urlsplit(migrate_env["AUDIT_DATABASE_URL"]).username == logins["OWNER_PG_USER"]
+    assert set(migrate_env) == {"AUDIT_DATABASE_URL"}
+    assert _command(services["migrate"])[:2] == ["audit-platform", "migrate"]
+    # The webserver and the daemon: Dagster's storage only, no audit database login at all.
+    for name in ("dagster-webserver", "dagster-daemon"):
+        assert set(services[name]["environment"]) == set(DAGSTER_PG_VARS), name
+    assert pg_env["DAGSTER_PG_DB"] != pg_env["AUDIT_PG_DB"]
+    for name in DAGSTER_SERVICES:
+        assert services[name]["environment"]["DAGSTER_PG_USER"] == logins["DAGSTER_PG_USER"]
+    # Keys are passed through only when the operator sets them: never a default in the file.
+    assert code_env.get("AUDIT_CACHE__KEY") in (None, "")
+    with_key = resolve_compose({**SECRETS, "AUDIT_CACHE__KEY": "k" * 44})
+    if COMPOSE_COMMAND is not None:  # the YAML fallback cannot resolve a bare variable from the environment
+        assert with_key["services"]["code-location"]["environment"]["AUDIT_CACHE__KEY"] == "k" * 44
+
+
+def test_compose_file_gives_no_password_a_default() -> None:
+    text = COMPOSE.read_text()
+    references = re.findall(r"\$\{(?P<name>[A-Z_]*(?:PASSWORD|_KEY)[A-Z_]*)(?P<op>[^}]*)\}", text)
+    assert {name for name, _ in references} == set(SECRETS), references
+    for name, op in references:
+        assert op.startswith(":?"), f"${{{name}{op}}}: a password must be required (:?), never defaulted"
+    example = dict(line.split("=", 1) for line in (REPO / "docker" / "env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    for var in SECRETS:
+        assert example.get(var) == "", f"docker/env.example must leave {var} empty (compose then refuses to start)"
+
+
+def test_the_dagster_ui_listens_on_loopback_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    [port] = services["dagster-webserver"]["ports"]
+    if isinstance(port, dict):  # `docker compose config` prints the long syntax
+        host_ip, published, target = port.get("host_ip"), str(port["published"]), int(port["target"])
+    else:
+        host_ip, published, target_text = str(port).rsplit(":", 2)
+        target = int(target_text)
+    assert (host_ip, published, target) == ("127.0.0.1", "3000", 3000)
+    for name, service in services.items():
+        if name != "dagster-webserver":
+            assert not service.get("ports"), f"{name} publishes a port"
+
+
+def test_redis_is_reachable_from_the_code_location_only(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    redis_networks = _networks(services["redis"])
+    assert redis_networks, "redis must be on a network of its own"
+    sharing = {name for name, service in services.items() if name != "redis" and _networks(service) & redis_networks}
+    assert sharing == {"code-location"}
+    assert compose["networks"][next(iter(redis_networks))].get("internal") is True
+
+
+def test_init_script_creates_a_login_per_0007_group_from_the_compose_environment(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    init_sql = (REPO / "docker" / "primary-init.sql").read_text()
+    init_sh = (REPO / "docker" / "primary-init.sh").read_text()
+    migration = (REPO / "audit_db_core" / "migrations" / "0007_roles.sql").read_text()
+    groups = set(re.findall(r"'(audit_[a-z]+)'", re.search(r"wanted .*?\];", migration, re.S).group(0)))  # type: ignore[union-attr]
+    assert groups == {"audit_writer", "audit_reader", "audit_maintainer"}
+    # Each login variable, the group it is granted (the INSERT INTO init_login rows), in the order of the file.
+    logins = dict(re.findall(r"\(:'(\w+)_user', (?:'(\w+)'|NULL), (?:true|false)", init_sql))
+    assert logins == {"owner": "audit_maintainer", "maintainer": "audit_maintainer", "writer": "audit_writer",
+                      "reader": "audit_reader", "replication": "", "dagster": ""}
+    assert "NOLOGIN" in init_sql and "GRANT %I TO %I" in init_sql
+    # What the SQL reads (\getenv) and the shell checks is exactly what the postgres service is given.
+    read = set(re.findall(r"^\\getenv \w+ (\w+)$", init_sql, re.M))
+    pg_env = services["postgres"]["environment"]
+    assert read <= set(pg_env), read - set(pg_env)
+    assert read >= {var for var in SECRETS if var != "POSTGRES_PASSWORD"}
+    for var in read:
+        assert var in init_sh, f"primary-init.sh does not check {var}"
+    # The shell runs the SQL from where the compose file mounts it, as an init script of the image.
+    mounts = {str(v).split(":")[0]: str(v).split(":")[1] for v in services["postgres"]["volumes"]
+              if str(v).startswith("./")}
+    assert mounts["./docker/primary-init.sh"].startswith("/docker-entrypoint-initdb.d/")
+    assert f'PRIMARY_INIT_SQL:-{mounts["./docker/primary-init.sql"]}' in init_sh
+    assert not mounts["./docker/primary-init.sql"].startswith("/docker-entrypoint-initdb.d/")  # not run twice
+    assert os.access(REPO / "docker" / "primary-init.sh", os.X_OK)
 
 
 def test_dockerfile_copies_what_exists_and_installs_the_project() -> None:
@@ -327,6 +490,7 @@ def test_production_instance_uses_postgres_from_the_environment(tmp_path: Path,
     text = (REPO / "dagster.yaml").read_text()
     config = yaml.safe_load(text)
     db = config["storage"]["postgres"]["postgres_db"]
+    assert "postgres_url" not in config["storage"]["postgres"]  # no URL with a login in the file
     assert {key: db[key] for key in ("hostname", "username", "password", "db_name")} == {
         "hostname": {"env": "DAGSTER_PG_HOST"},
         "username": {"env": "DAGSTER_PG_USER"},
