@@ -9,6 +9,8 @@ Layout under the archive root (``file:///…``, or anything :func:`pyarrow.fs.Fi
 The manifest records the row count, the event-time range, the SHA-256 of every data file and a *content digest*:
 SHA-256 over the concatenated 32-byte ``content_hash`` values in ``(event_time, event_id)`` order, the same
 value :func:`table_digest` computes in SQL, so the archive can be checked against the database and vice versa.
+The format itself (Parquet schema, manifest, verification result) is :mod:`audit_db_core.archive_format`; its
+names are importable from here too.
 
 The caller owns the database transaction: this module never commits nor rolls back the connection it is given.
 
@@ -31,7 +33,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import logging
 import posixpath
 import re
@@ -51,222 +52,51 @@ from psycopg import pq as libpq
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from audit_db_core.archive_format import (
+    _DATA_FILE_NAME,
+    _HASH_INDEX,
+    _PARTITION_NAME,
+    _TIME_INDEX,
+    ARCHIVE_FORMAT_VERSION,
+    ARCHIVE_SCHEMA,
+    COMPRESSION,
+    MANIFEST_NAME,
+    ArchiveFile,
+    ArchiveManifest,
+    VerificationResult,
+    _check_partition,
+    _record_batch,
+    _time_or_none,
+)
 from audit_db_core.errors import ArchiveError, classify, redact
 from audit_db_core.events import STORED_COLUMNS, format_time
 from audit_db_core.migrate import SCHEMA_VERSION
 
+# The rest of the format's private helpers, importable from here as before archive_format.py was split out.
+from audit_db_core.archive_format import (  # noqa: F401
+    _HEX64,
+    _NOT_NULL,
+    _TYPES,
+    _int_field,
+    _malformed,
+    _str_field,
+    _time_field,
+)
+
 logger = logging.getLogger("audit_db_core.archive")
 
-ARCHIVE_FORMAT_VERSION = 1
-COMPRESSION = "zstd"
-MANIFEST_NAME = "manifest.json"
-STAGING_DIR = ".staging"
+__all__ = [
+    "ARCHIVE_FORMAT_VERSION", "ARCHIVE_SCHEMA", "COMPRESSION", "MANIFEST_NAME", "STAGING_DIR", "ArchiveFile",
+    "ArchiveManifest", "ArchiveStore", "VerificationResult", "table_digest",
+]
 
+STAGING_DIR = ".staging"
 #: ``string_agg`` builds one bytea value, which PostgreSQL caps at 1 GB (~33.5 million 32-byte hashes): above this
 #: many rows :func:`table_digest` streams the hashes and digests them client-side instead (same result).
 _SQL_DIGEST_MAX_ROWS = 30_000_000
 _HASH_CHUNK = 1 << 20
 
-_PARTITION_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]{0,199}$")
-_DATA_FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}\.parquet$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-_NOT_NULL = {
-    "event_id", "event_time", "action", "status", "principal_id", "data_classification", "retention_policy",
-    "event_version", "details", "content_hash", "ingested_at",
-}
-_TYPES: dict[str, pa.DataType] = {
-    "event_id": pa.string(),
-    "event_time": pa.timestamp("us", tz="UTC"),
-    "processing_latency_ms": pa.int32(),
-    "details": pa.string(),
-    "content_hash": pa.binary(32),
-    "ingested_at": pa.timestamp("us", tz="UTC"),
-}
-#: The Parquet schema of a data file: the stored columns in table order, ``details`` as jsonb text.
-ARCHIVE_SCHEMA: pa.Schema = pa.schema(
-    [pa.field(name, _TYPES.get(name, pa.string()), nullable=name not in _NOT_NULL) for name in STORED_COLUMNS],
-    metadata={"audit_db_core.archive_format_version": str(ARCHIVE_FORMAT_VERSION)},
-)
-_HASH_INDEX = STORED_COLUMNS.index("content_hash")
-_TIME_INDEX = STORED_COLUMNS.index("event_time")
-
 _FS_ERRORS = (OSError, pa.ArrowException)
-
-
-# -- manifest -------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArchiveFile:
-    """One data file of an archive."""
-
-    path: str  # relative to the partition's archive directory, e.g. "data-00000.parquet"
-    rows: int
-    bytes: int
-    sha256: str  # hex SHA-256 of the file's bytes
-
-
-@dataclass(frozen=True)
-class ArchiveManifest:
-    """What an archive holds; written last, so its presence means the archive is complete."""
-
-    format_version: int
-    partition: str
-    range_start: dt.datetime
-    range_end: dt.datetime
-    row_count: int
-    min_event_time: dt.datetime | None
-    max_event_time: dt.datetime | None
-    content_digest: str
-    files: tuple[ArchiveFile, ...]
-    schema_version: int
-    created_at: dt.datetime
-    compression: str
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready values: UTC times as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
-        return {
-            "format_version": self.format_version,
-            "partition": self.partition,
-            "range_start": format_time(self.range_start),
-            "range_end": format_time(self.range_end),
-            "row_count": self.row_count,
-            "min_event_time": _time_or_none(self.min_event_time),
-            "max_event_time": _time_or_none(self.max_event_time),
-            "content_digest": self.content_digest,
-            "files": [{"path": f.path, "rows": f.rows, "bytes": f.bytes, "sha256": f.sha256} for f in self.files],
-            "schema_version": self.schema_version,
-            "created_at": format_time(self.created_at),
-            "compression": self.compression,
-        }
-
-    def to_json(self) -> bytes:
-        """The canonical form: compact UTF-8 JSON with sorted keys (what :attr:`sha256` is computed over)."""
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> ArchiveManifest:
-        """Parse a manifest; malformed input raises :class:`ArchiveError` naming the field."""
-        try:
-            obj = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _malformed("manifest", f"is not valid JSON ({exc})") from None
-        if not isinstance(obj, dict):
-            raise _malformed("manifest", f"must be a JSON object, not {type(obj).__name__}")
-        known = {
-            "format_version", "partition", "range_start", "range_end", "row_count", "min_event_time",
-            "max_event_time", "content_digest", "files", "schema_version", "created_at", "compression",
-        }
-        missing, unknown = sorted(known - obj.keys()), sorted(obj.keys() - known)
-        if missing:
-            raise _malformed(missing[0], "is missing")
-        if unknown:
-            raise _malformed(unknown[0], "is not a manifest field")
-        version = _int_field(obj, "format_version", minimum=1)
-        if version > ARCHIVE_FORMAT_VERSION:
-            raise _malformed(
-                "format_version", f"{version} is newer than this library reads ({ARCHIVE_FORMAT_VERSION})"
-            )
-        partition = _str_field(obj, "partition")
-        if not _PARTITION_NAME.match(partition):
-            raise _malformed("partition", "is not a valid partition name")
-        digest = _str_field(obj, "content_digest")
-        if not _HEX64.match(digest):
-            raise _malformed("content_digest", "must be 64 lowercase hex digits")
-        raw_files = obj["files"]
-        if not isinstance(raw_files, list) or not raw_files:
-            raise _malformed("files", "must be a non-empty list")
-        files = []
-        for i, item in enumerate(raw_files):
-            where = f"files[{i}]"
-            if not isinstance(item, dict):
-                raise _malformed(where, "must be an object")
-            if set(item) != {"path", "rows", "bytes", "sha256"}:
-                raise _malformed(where, "must have exactly the fields path, rows, bytes, sha256")
-            path = _str_field(item, "path", where)
-            if not _DATA_FILE_NAME.match(path):
-                raise _malformed(f"{where}.path", "must be a plain *.parquet file name")
-            sha = _str_field(item, "sha256", where)
-            if not _HEX64.match(sha):
-                raise _malformed(f"{where}.sha256", "must be 64 lowercase hex digits")
-            files.append(
-                ArchiveFile(path, _int_field(item, "rows", where, minimum=0),
-                            _int_field(item, "bytes", where, minimum=0), sha)
-            )
-        min_time = _time_field(obj, "min_event_time", nullable=True)
-        max_time = _time_field(obj, "max_event_time", nullable=True)
-        if (min_time is None) != (max_time is None):
-            raise _malformed("min_event_time", "and max_event_time must both be set or both be null")
-        return cls(
-            format_version=version,
-            partition=partition,
-            range_start=_time_field(obj, "range_start"),  # type: ignore[arg-type]
-            range_end=_time_field(obj, "range_end"),  # type: ignore[arg-type]
-            row_count=_int_field(obj, "row_count", minimum=0),
-            min_event_time=min_time,
-            max_event_time=max_time,
-            content_digest=digest,
-            files=tuple(files),
-            schema_version=_int_field(obj, "schema_version", minimum=0),
-            created_at=_time_field(obj, "created_at"),  # type: ignore[arg-type]
-            compression=_str_field(obj, "compression"),
-        )
-
-    @property
-    def sha256(self) -> str:
-        """Hex SHA-256 of :meth:`to_json` (record it in the database to detect a rewritten manifest)."""
-        return hashlib.sha256(self.to_json()).hexdigest()
-
-
-@dataclass(frozen=True)
-class VerificationResult:
-    """The outcome of :meth:`ArchiveStore.verify`: ``ok`` when ``problems`` is empty."""
-
-    ok: bool
-    problems: tuple[str, ...]  # human-readable, each naming the file or field
-    rows: int  # rows read from the data files
-    content_digest: str | None  # recomputed from the data files; None when a file could not be read whole
-
-
-def _malformed(field: str, reason: str) -> ArchiveError:
-    return ArchiveError(f"malformed archive manifest: {field}: {reason}", operation="read_manifest", field=field)
-
-
-def _int_field(obj: dict[str, Any], key: str, where: str = "", *, minimum: int) -> int:
-    value = obj[key]
-    name = f"{where}.{key}" if where else key
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _malformed(name, "must be an integer")
-    if value < minimum:
-        raise _malformed(name, f"must be >= {minimum}")
-    return value
-
-
-def _str_field(obj: dict[str, Any], key: str, where: str = "") -> str:
-    value = obj[key]
-    if not isinstance(value, str) or not value:
-        raise _malformed(f"{where}.{key}" if where else key, "must be a non-empty string")
-    return value
-
-
-def _time_field(obj: dict[str, Any], key: str, *, nullable: bool = False) -> dt.datetime | None:
-    value = obj[key]
-    if value is None and nullable:
-        return None
-    if not isinstance(value, str):
-        raise _malformed(key, "must be a UTC timestamp string" + (" or null" if nullable else ""))
-    try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise _malformed(key, "is not an ISO 8601 timestamp") from None
-    if parsed.tzinfo is None or parsed.utcoffset() is None:
-        raise _malformed(key, "must carry a time zone (UTC)")
-    return parsed.astimezone(dt.UTC)
-
-
-def _time_or_none(value: dt.datetime | None) -> str | None:
-    return None if value is None else format_time(value)
 
 
 def _aware_utc(value: dt.datetime, name: str) -> dt.datetime:
@@ -361,6 +191,63 @@ class _OpenFile:
     stream: Any
     writer: pq.ParquetWriter
     rows: int = 0
+
+
+class _DataFiles:
+    """The data files of one export under its staging directory: ``data-00000.parquet``, … a new file every
+    ``rows_per_file`` rows, one row group per batch written."""
+
+    def __init__(self, fs: pafs.FileSystem, staging: str, rows_per_file: int) -> None:
+        self._fs = fs
+        self._staging = staging
+        self._rows_per_file = rows_per_file
+        self._done: list[tuple[str, int]] = []
+        self._current: _OpenFile | None = None
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        n, offset = batch.num_rows, 0
+        while offset < n:
+            if self._current is None or self._current.rows >= self._rows_per_file:
+                if self._current is not None:
+                    self._close(self._current)
+                self._current = None
+                self._current = self._open_next()
+            take = min(n - offset, self._rows_per_file - self._current.rows)
+            self._current.writer.write_batch(batch.slice(offset, take), row_group_size=take)
+            self._current.rows += take
+            offset += take
+
+    def finish(self) -> list[tuple[str, int]]:
+        """Close the last file; ``[(name, rows)]`` of every file written."""
+        if self._current is None:  # an empty table: one file holding the schema only
+            self._current = self._open_next()
+        self._close(self._current)
+        self._current = None
+        return self._done
+
+    def abandon(self) -> None:
+        """After an error midway: release the half-written file (the staging directory is discarded)."""
+        if self._current is not None:
+            for closer in (self._current.writer.close, self._current.stream.close):
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001 - already failing; the staging directory is removed
+                    pass
+
+    def _open_next(self) -> _OpenFile:
+        name = f"data-{len(self._done):05d}.parquet"
+        stream = self._fs.open_output_stream(posixpath.join(self._staging, name))
+        try:
+            writer = pq.ParquetWriter(stream, ARCHIVE_SCHEMA, compression=COMPRESSION)
+        except BaseException:
+            stream.close()
+            raise
+        return _OpenFile(name, stream, writer)
+
+    def _close(self, f: _OpenFile) -> None:
+        f.writer.close()
+        f.stream.close()
+        self._done.append((f.name, f.rows))
 
 
 class ArchiveStore:
@@ -520,21 +407,12 @@ class ArchiveStore:
             raise ArchiveError(f"range_start {start} is not before range_end {end}", operation="archive_export",
                                partition=partition)
         _require_transaction(conn, "archive_export")
-        fs = self._filesystem()
-        target = self._display(partition)
         started = time.perf_counter()
         if self._manifest_exists(partition):
             raise _already_archived(self._display(partition, MANIFEST_NAME), partition)
-        staging = self._path(STAGING_DIR, f"{partition}-{uuid.uuid4().hex}")
+        staging = self._new_staging(partition)
         try:
-            self._remove_stale_staging(partition)
-            fs.create_dir(staging, recursive=True)
-        except _FS_ERRORS as exc:
-            raise ArchiveError(f"{target}: cannot prepare the staging directory: {exc}", operation="archive_export",
-                               partition=partition) from None
-        try:
-            written = self._write_files(conn, table, staging, progress)
-            rows, first, last, digest, names = written
+            rows, first, last, digest, names = self._write_files(conn, table, staging, progress)
             if first is not None and last is not None and not (start <= first and last < end):
                 raise ArchiveError(
                     f"{table} holds rows from {format_time(first)} to {format_time(last)}, outside the partition "
@@ -549,74 +427,50 @@ class ArchiveStore:
         logger.info(
             "partition exported",
             extra={"audit": {"partition": partition, "rows": rows, "files": len(manifest.files),
-                             "bytes": sum(f.bytes for f in manifest.files), "uri": target,
+                             "bytes": sum(f.bytes for f in manifest.files), "uri": self._display(partition),
                              "ms": round((time.perf_counter() - started) * 1000, 1)}},
         )
         return manifest
+
+    def _new_staging(self, partition: str) -> str:
+        """A fresh staging directory for an export of ``partition``, once those of crashed exports are gone."""
+        staging = self._path(STAGING_DIR, f"{partition}-{uuid.uuid4().hex}")
+        try:
+            self._remove_stale_staging(partition)
+            self._filesystem().create_dir(staging, recursive=True)
+        except _FS_ERRORS as exc:
+            raise ArchiveError(f"{self._display(partition)}: cannot prepare the staging directory: {exc}",
+                               operation="archive_export", partition=partition) from None
+        return staging
 
     def _write_files(
         self, conn: psycopg.Connection[Any], table: str, staging: str, progress: Callable[[int], None] | None
     ) -> tuple[int, dt.datetime | None, dt.datetime | None, str, list[tuple[str, int]]]:
         """Stream the table into data files under ``staging``: (rows, min, max, digest, [(name, rows)])."""
-        fs = self._filesystem()
+        files = _DataFiles(self._filesystem(), staging, self._rows_per_file)
         hasher = hashlib.sha256()
         total = 0
         first: dt.datetime | None = None
         last: dt.datetime | None = None
-        done: list[tuple[str, int]] = []
-        current: _OpenFile | None = None
-
-        def open_next() -> _OpenFile:
-            name = f"data-{len(done):05d}.parquet"
-            stream = fs.open_output_stream(posixpath.join(staging, name))
-            try:
-                writer = pq.ParquetWriter(stream, ARCHIVE_SCHEMA, compression=COMPRESSION)
-            except BaseException:
-                stream.close()
-                raise
-            return _OpenFile(name, stream, writer)
-
-        def close(f: _OpenFile) -> None:
-            f.writer.close()
-            f.stream.close()
-            done.append((f.name, f.rows))
-
         cursor = conn.cursor(name=f"audit_archive_{uuid.uuid4().hex}", row_factory=tuple_row)
         try:
             self._warn_on_weak_isolation(conn, table)
             cursor.itersize = self._batch_rows
             cursor.execute(_select_statement(table))
-            while True:
-                rows = cursor.fetchmany(self._batch_rows)
-                if not rows:
-                    break
+            while rows := cursor.fetchmany(self._batch_rows):
                 batch = _record_batch(rows)
                 for row in rows:
                     hasher.update(row[_HASH_INDEX])
                 if first is None:
                     first = rows[0][_TIME_INDEX].astimezone(dt.UTC)
                 last = rows[-1][_TIME_INDEX].astimezone(dt.UTC)
-                n = len(rows)
                 del rows  # at most one batch of rows is alive at a time
-                offset = 0
-                while offset < n:
-                    if current is None or current.rows >= self._rows_per_file:
-                        if current is not None:
-                            close(current)
-                        current = None
-                        current = open_next()
-                    take = min(n - offset, self._rows_per_file - current.rows)
-                    current.writer.write_batch(batch.slice(offset, take), row_group_size=take)
-                    current.rows += take
-                    offset += take
-                total += n
+                files.write(batch)
+                total += batch.num_rows
                 del batch
                 if progress is not None:
                     progress(total)
-            if current is None:  # an empty table: one file holding the schema only
-                current = open_next()
-            close(current)
-            current = None
+            names = files.finish()
         except psycopg.Error as exc:
             err = classify(exc, operation="archive_export")
             wrapped = ArchiveError(f"export of {table} to {self._display()} failed: {err.message}",
@@ -628,17 +482,12 @@ class ArchiveStore:
             raise ArchiveError(f"export of {table} to {self._display()} failed writing data files: {exc}",
                                operation="archive_export", table=table) from exc
         finally:
-            if current is not None:  # an error midway: release the half-written file (it is discarded)
-                for closer in (current.writer.close, current.stream.close):
-                    try:
-                        closer()
-                    except Exception:  # noqa: BLE001 - already failing; the staging directory is removed
-                        pass
+            files.abandon()
             try:
                 cursor.close()
             except psycopg.Error:
                 pass
-        return total, first, last, hasher.hexdigest(), done
+        return total, first, last, hasher.hexdigest(), names
 
     def _warn_on_weak_isolation(self, conn: psycopg.Connection[Any], table: str) -> None:
         with conn.cursor(row_factory=tuple_row) as cur:
@@ -744,39 +593,52 @@ class ArchiveStore:
         if manifest.format_version != ARCHIVE_FORMAT_VERSION:
             problems.append(f"manifest: format_version {manifest.format_version} is not supported "
                             f"(this library reads {ARCHIVE_FORMAT_VERSION})")
-        if not _PARTITION_NAME.match(manifest.partition):
+        if not _PARTITION_NAME.match(manifest.partition):  # no directory to read: nothing more can be checked
             problems.append(f"manifest: partition {manifest.partition!r} is not a valid partition name")
             return VerificationResult(False, tuple(problems), 0, None)
-        if manifest.compression != COMPRESSION:
-            problems.append(f"manifest: compression {manifest.compression!r} is not {COMPRESSION!r}")
-        if not manifest.files:
-            problems.append("manifest: files lists no data file")
-        listed = sum(f.rows for f in manifest.files)
-        if listed != manifest.row_count:
-            problems.append(f"manifest: row_count {manifest.row_count} differs from the sum of the files' rows "
-                            f"({listed})")
-        names = [f.path for f in manifest.files]
-        for name in sorted({n for n in names if names.count(n) > 1}):
-            problems.append(f"{name}: listed more than once in the manifest")
+        problems += _manifest_problems(manifest)
+        present = self._listed_files(manifest, problems)
+        scan = self._scan_files(manifest, present, problems)
+        if scan.digest is not None:
+            problems += _content_problems(manifest, scan)
+        if expected_rows is not None and expected_rows != manifest.row_count:
+            problems.append(f"database: {expected_rows} rows, the archive's row_count is {manifest.row_count}")
+        if expected_digest is not None and expected_digest != manifest.content_digest:
+            problems.append("database: content digest differs from the archive's content_digest")
+        if problems:
+            logger.warning(
+                "archive verification failed",
+                extra={"audit": {"partition": manifest.partition, "uri": self._display(manifest.partition),
+                                 "problems": problems}},
+            )
+        return VerificationResult(not problems, tuple(problems), scan.rows, scan.digest)
 
-        fs = self._filesystem()
-        directory = self._path(manifest.partition)
+    def _listed_files(self, manifest: ArchiveManifest, problems: list[str]) -> dict[str, pafs.FileInfo]:
+        """The files in the archive's directory by name; a Parquet file the manifest does not list is a problem."""
         present: dict[str, pafs.FileInfo] = {}
         try:
-            for entry in fs.get_file_info(pafs.FileSelector(directory, allow_not_found=True)):
+            for entry in self._filesystem().get_file_info(
+                pafs.FileSelector(self._path(manifest.partition), allow_not_found=True)
+            ):
                 if entry.type == pafs.FileType.File:
                     present[entry.base_name] = entry
         except _FS_ERRORS as exc:
             problems.append(f"{self._display(manifest.partition)}: cannot be listed: {exc}")
+        names = {f.path for f in manifest.files}
         for name in sorted(present):
             if name.endswith(".parquet") and name not in names:
                 problems.append(f"{name}: unexpected file (not listed in the manifest)")
+        return present
 
+    def _scan_files(
+        self, manifest: ArchiveManifest, present: dict[str, pafs.FileInfo], problems: list[str]
+    ) -> _Scan:
+        """Hash and scan every listed data file against its manifest entry; the totals over all of them (no digest
+        when a file could not be read whole)."""
+        directory = self._path(manifest.partition)
         hasher = hashlib.sha256()
-        rows = 0
+        scan = _Scan()
         complete = True
-        first: dt.datetime | None = None
-        last: dt.datetime | None = None
         for f in manifest.files:
             if not _DATA_FILE_NAME.match(f.path):
                 problems.append(f"{f.path}: not a plain *.parquet file name")
@@ -804,46 +666,11 @@ class ArchiveStore:
                 problems.append(f"{f.path}: cannot be read as an archive Parquet file: {exc}")
                 complete = False
                 continue
-            rows += file_rows
             if file_rows != f.rows:
                 problems.append(f"{f.path}: holds {file_rows} rows, the manifest says {f.rows}")
-            if fmin is not None:
-                first = fmin if first is None else min(first, fmin)
-            if fmax is not None:
-                last = fmax if last is None else max(last, fmax)
-
-        digest = hasher.hexdigest() if complete else None
-        if complete:
-            if rows != manifest.row_count:
-                problems.append(f"manifest: row_count {manifest.row_count} differs from the rows in the data files "
-                                f"({rows})")
-            if digest != manifest.content_digest:
-                problems.append("manifest: content_digest differs from the content_hash values in the data files")
-            if first != manifest.min_event_time:
-                problems.append(f"manifest: min_event_time {_time_or_none(manifest.min_event_time)} differs from "
-                                f"the data files ({_time_or_none(first)})")
-            if last != manifest.max_event_time:
-                problems.append(f"manifest: max_event_time {_time_or_none(manifest.max_event_time)} differs from "
-                                f"the data files ({_time_or_none(last)})")
-            if first is not None and last is not None and not (
-                manifest.range_start <= first and last < manifest.range_end
-            ):
-                problems.append(
-                    f"data: event_time from {format_time(first)} to {format_time(last)} is outside the manifest range "
-                    f"[{format_time(manifest.range_start)}, {format_time(manifest.range_end)})"
-                )
-        if expected_rows is not None and expected_rows != manifest.row_count:
-            problems.append(f"database: {expected_rows} rows, the archive's row_count is {manifest.row_count}")
-        if expected_digest is not None and expected_digest != manifest.content_digest:
-            problems.append("database: content digest differs from the archive's content_digest")
-
-        if problems:
-            logger.warning(
-                "archive verification failed",
-                extra={"audit": {"partition": manifest.partition, "uri": self._display(manifest.partition),
-                                 "problems": problems}},
-            )
-        return VerificationResult(not problems, tuple(problems), rows, digest)
+            scan.add(file_rows, fmin, fmax)
+        scan.digest = hasher.hexdigest() if complete else None
+        return scan
 
     def _scan_file(self, path: str, hasher: Any) -> tuple[int, dt.datetime | None, dt.datetime | None]:
         """Feed the file's content_hash column to ``hasher``; return (rows, min event_time, max event_time)."""
@@ -992,12 +819,71 @@ class ArchiveStore:
         return self._uri(partition, name)
 
 
+@dataclass
+class _Scan:
+    """Totals over the data files of an archive as read back by :meth:`ArchiveStore.verify`."""
+
+    rows: int = 0
+    first: dt.datetime | None = None
+    last: dt.datetime | None = None
+    digest: str | None = None  # None when a file could not be read whole
+
+    def add(self, rows: int, first: dt.datetime | None, last: dt.datetime | None) -> None:
+        self.rows += rows
+        if first is not None:
+            self.first = first if self.first is None else min(self.first, first)
+        if last is not None:
+            self.last = last if self.last is None else max(self.last, last)
+
+
+def _manifest_problems(manifest: ArchiveManifest) -> list[str]:
+    """What contradicts itself inside the manifest, before any file is read."""
+    problems = []
+    if manifest.compression != COMPRESSION:
+        problems.append(f"manifest: compression {manifest.compression!r} is not {COMPRESSION!r}")
+    if not manifest.files:
+        problems.append("manifest: files lists no data file")
+    listed = sum(f.rows for f in manifest.files)
+    if listed != manifest.row_count:
+        problems.append(f"manifest: row_count {manifest.row_count} differs from the sum of the files' rows "
+                        f"({listed})")
+    names = [f.path for f in manifest.files]
+    for name in sorted({n for n in names if names.count(n) > 1}):
+        problems.append(f"{name}: listed more than once in the manifest")
+    return problems
+
+
+def _content_problems(manifest: ArchiveManifest, scan: _Scan) -> list[str]:
+    """Where the manifest's totals differ from what the data files hold (all of them read whole)."""
+    problems = []
+    if scan.rows != manifest.row_count:
+        problems.append(f"manifest: row_count {manifest.row_count} differs from the rows in the data files "
+                        f"({scan.rows})")
+    if scan.digest != manifest.content_digest:
+        problems.append("manifest: content_digest differs from the content_hash values in the data files")
+    if scan.first != manifest.min_event_time:
+        problems.append(f"manifest: min_event_time {_time_or_none(manifest.min_event_time)} differs from "
+                        f"the data files ({_time_or_none(scan.first)})")
+    if scan.last != manifest.max_event_time:
+        problems.append(f"manifest: max_event_time {_time_or_none(manifest.max_event_time)} differs from "
+                        f"the data files ({_time_or_none(scan.last)})")
+    if scan.first is not None and scan.last is not None and not (
+        manifest.range_start <= scan.first and scan.last < manifest.range_end
+    ):
+        problems.append(
+            f"data: event_time from {format_time(scan.first)} to {format_time(scan.last)} is outside the manifest "
+            f"range [{format_time(manifest.range_start)}, {format_time(manifest.range_end)})"
+        )
+    return problems
+
+
 def _check_sidecar(partition: str, name: str) -> None:
     _check_partition(partition)
     if (not isinstance(name, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}$", name)
             or name.endswith((".parquet", ".tmp")) or name == MANIFEST_NAME):
         raise ArchiveError(f"{name!r} is not a valid companion file name for an archive", operation="archive_sidecar",
                            partition=partition)
+
 
 def _select_statement(table: str) -> sql.Composed:
     """``SELECT <stored columns, event_id and details as text> FROM table ORDER BY event_time, event_id``."""
@@ -1011,20 +897,6 @@ def _select_statement(table: str) -> sql.Composed:
     return sql.SQL("SELECT {} FROM {} ORDER BY {}, {}").format(
         sql.SQL(", ").join(fields), sql.Identifier(table), sql.Identifier("event_time"), sql.Identifier("event_id")
     )
-
-
-def _record_batch(rows: list[tuple[Any, ...]]) -> pa.RecordBatch:
-    columns = list(zip(*rows))
-    arrays = [pa.array(values, type=field.type) for values, field in zip(columns, ARCHIVE_SCHEMA, strict=True)]
-    return pa.RecordBatch.from_arrays(arrays, schema=ARCHIVE_SCHEMA)
-
-
-def _check_partition(partition: str) -> None:
-    if not isinstance(partition, str) or not _PARTITION_NAME.match(partition):
-        raise ArchiveError(
-            f"{partition!r} is not a valid partition name for an archive (letters, digits, '_' and '-')",
-            operation="archive",
-        )
 
 
 def _already_archived(uri: str, partition: str) -> ArchiveError:

@@ -375,11 +375,12 @@ class AuditDatabase:
 
     @property
     def partitions(self) -> PartitionManager:
-        """The :class:`PartitionManager` bound to this database (its drops and detaches invalidate the cache)."""
+        """The :class:`PartitionManager` bound to this database (its drops and detaches invalidate the cache; its
+        archives get the integrity copy of their period's signed digests)."""
         if self._partitions is None:
             self._partitions = PartitionManager(
                 GuardedConnections(self.connections, self.breakers.get("partitions")), self.settings,
-                on_removed=self._removed,
+                on_removed=self._removed, on_archived=self._archived,
             )
         return self._partitions
 
@@ -448,6 +449,16 @@ class AuditDatabase:
         except AuditError:
             lsn = 2**62  # beyond any position a cached result can claim: invalidates for good
         self.cache.invalidate(range_scopes(bounds.start, bounds.end), lsn)
+
+    @staticmethod
+    def _archived(
+        conn: psycopg.Connection[Any], bounds: PartitionBounds, store: Any, *, run_id: str | None = None
+    ) -> None:
+        """An archive of ``bounds`` is being written (its transaction is open): the period's signed digests go next
+        to it, so verification outlives the table. Imported here: integrity loads only once something is archived."""
+        from audit_db_core.integrity import write_archive_copy
+
+        write_archive_copy(conn, bounds, store, run_id=run_id)
 
     # -- schema --------------------------------------------------------------------------------------------------
 

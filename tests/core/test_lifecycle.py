@@ -23,11 +23,13 @@ from audit_db_core import (
     ComplianceError,
     ConfigurationError,
     PartitionError,
+    PartitionManager,
 )
-from audit_db_core.archive import ArchiveManifest
+from audit_db_core.archive import ArchiveManifest, ArchiveStore
 from audit_local.demo import demo_events
 from audit_db_core.errors import ArchiveError
 from audit_db_core.ledger import entries
+from audit_db_core.partitions import PartitionBounds
 
 UTC = dt.UTC
 
@@ -75,6 +77,37 @@ def test_archive_exports_verifies_and_makes_read_only(ldb: AuditDatabase, fresh_
     with psycopg.connect(fresh_database) as conn:
         archived = [e for e in entries(conn, partition="audit_log_p2020_01") if e.operation == "archive"]
     assert len(archived) == 1 and archived[0].run_id == "arch-1" and archived[0].checksum == manifest.content_digest
+
+
+def test_on_archived_runs_inside_the_archive_transaction(ldb: AuditDatabase, fresh_database: str,
+                                                          archive_root: Path) -> None:
+    """The hook sees the partition already archived in the open transaction; when it fails, the archival is rolled
+    back and ledgered as failed; when it succeeds, what it wrote sits next to the archive."""
+    seen: list[tuple[str, str | None, str]] = []
+
+    def failing(conn: psycopg.Connection, bounds: PartitionBounds, store: ArchiveStore, *,
+                run_id: str | None = None) -> None:
+        (state,) = conn.execute("SELECT state FROM audit_partitions WHERE partition_name = %s",
+                                (bounds.name,)).fetchone()  # type: ignore[misc]
+        seen.append((bounds.name, run_id, state))
+        raise ArchiveError("the companion file could not be written", operation="archive")
+
+    with pytest.raises(ArchiveError, match="companion"):
+        PartitionManager(ldb.connections, ldb.settings, on_archived=failing).archive("2020-01", run_id="hook-1")
+    assert seen == [("audit_log_p2020_01", "hook-1", "archived")]
+    assert ldb.partitions.get("2020-01").state == "active"
+    with psycopg.connect(fresh_database) as conn:
+        outcomes = [(e.operation, e.outcome) for e in entries(conn, partition="audit_log_p2020_01")
+                    if e.operation == "archive"]
+    assert outcomes == [("archive", "failed")]
+
+    def companion(conn: psycopg.Connection, bounds: PartitionBounds, store: ArchiveStore, *,
+                  run_id: str | None = None) -> None:
+        store.write_sidecar(bounds.name, "companion.txt", run_id.encode() if run_id else b"")
+
+    pm = PartitionManager(ldb.connections, ldb.settings, on_archived=companion)
+    assert pm.archive("2020-01", run_id="hook-2").status == "archived"
+    assert (archive_root / "audit_log_p2020_01" / "companion.txt").read_bytes() == b"hook-2"
 
 
 def test_archive_inside_the_active_window_is_refused(ldb: AuditDatabase) -> None:
