@@ -69,6 +69,7 @@ from audit_db_core.archive_format import (
     _time_or_none,
 )
 from audit_db_core.errors import ArchiveError, classify, redact
+from audit_db_core.private_files import make_private, make_private_dirs
 from audit_db_core.events import STORED_COLUMNS, format_time
 from audit_db_core.migrate import SCHEMA_VERSION
 
@@ -236,8 +237,10 @@ class _DataFiles:
 
     def _open_next(self) -> _OpenFile:
         name = f"data-{len(self._done):05d}.parquet"
-        stream = self._fs.open_output_stream(posixpath.join(self._staging, name))
+        path = posixpath.join(self._staging, name)
+        stream = self._fs.open_output_stream(path)
         try:
+            _owner_only(self._fs, path)
             writer = pq.ParquetWriter(stream, ARCHIVE_SCHEMA, compression=COMPRESSION)
         except BaseException:
             stream.close()
@@ -248,6 +251,43 @@ class _DataFiles:
         f.writer.close()
         f.stream.close()
         self._done.append((f.name, f.rows))
+
+
+def _make_dirs(fs: pafs.FileSystem, path: str) -> None:
+    """``create_dir(recursive=True)``; on a local disk the directories made are owner-only (0700)."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        make_private_dirs(path)
+    else:
+        fs.create_dir(path, recursive=True)
+
+
+def _owner_only(fs: pafs.FileSystem, path: str) -> None:
+    """A file just created on a local disk: 0600 before data is written (archives hold PHI). Object stores have
+    no such modes: their access control and encryption are the bucket's."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        make_private(path)
+
+
+def public_uri(uri: str) -> str:
+    """``uri`` without what may be a credential: no user info (``s3://KEY:SECRET@bucket``) and no query
+    (``?access_key=…&secret_key=…``, SAS tokens). What the registry, the ledger, logs, errors and Dagster metadata
+    keep of an archive location; the store itself keeps the configured root to open it.
+
+    >>> public_uri("s3://AKIA:s3cr3t@bucket/audit?region=eu-west-1&secret_key=x")
+    's3://bucket/audit'
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return "(an archive root URI that does not parse)"
+    if not parts.scheme:
+        return uri
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 literal keeps its brackets
+        host = f"[{host}]"
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}"
 
 
 class ArchiveStore:
@@ -275,10 +315,10 @@ class ArchiveStore:
             self._root_uri = self._uri_path + self._uri_query
         else:
             raise ArchiveError(
-                f"archive root {redact(root_uri)!r} must be a URI (file:///…, s3://…) or an absolute path",
+                f"archive root {public_uri(root_uri)!r} must be a URI (file:///…, s3://…) or an absolute path",
                 operation="archive_store",
             )
-        self._display_root = redact(self._root_uri)
+        self._display_root = public_uri(self._root_uri)
 
     def __repr__(self) -> str:
         return f"ArchiveStore({self._display_root!r}, rows_per_file={self._rows_per_file})"
@@ -289,16 +329,18 @@ class ArchiveStore:
     def root_uri(self) -> str:
         return self._root_uri
 
-    def manifest_uri(self, partition: str) -> str:
-        """``<root_uri>/<partition>/manifest.json``."""
-        _check_partition(partition)
-        return self._uri(partition, MANIFEST_NAME)
+    @property
+    def display_root(self) -> str:
+        """The root without credentials (:func:`public_uri`): what registry, ledger, logs and metadata show."""
+        return self._display_root
 
-    def _uri(self, *parts: str) -> str:
-        return "/".join((self._uri_path, *parts)) + self._uri_query
+    def manifest_uri(self, partition: str) -> str:
+        """``<root>/<partition>/manifest.json`` without credentials — stored in the registry and the ledger."""
+        _check_partition(partition)
+        return self._display(partition, MANIFEST_NAME)
 
     def _display(self, *parts: str) -> str:
-        return redact(self._uri(*parts))
+        return public_uri("/".join((self._uri_path, *parts)))
 
     def _filesystem(self) -> pafs.FileSystem:
         if self._fs is None:  # opened lazily: resolving a cloud root may need the network
@@ -322,7 +364,7 @@ class ArchiveStore:
         probe = self._path(f".probe-{uuid.uuid4().hex}")
         payload = uuid.uuid4().bytes
         try:
-            fs.create_dir(self._base, recursive=True)
+            _make_dirs(fs, self._base)
             with fs.open_output_stream(probe) as out:
                 out.write(payload)
             with fs.open_input_stream(probe) as inp:
@@ -437,7 +479,7 @@ class ArchiveStore:
         staging = self._path(STAGING_DIR, f"{partition}-{uuid.uuid4().hex}")
         try:
             self._remove_stale_staging(partition)
-            self._filesystem().create_dir(staging, recursive=True)
+            _make_dirs(self._filesystem(), staging)
         except _FS_ERRORS as exc:
             raise ArchiveError(f"{self._display(partition)}: cannot prepare the staging directory: {exc}",
                                operation="archive_export", partition=partition) from None
@@ -515,7 +557,7 @@ class ArchiveStore:
                 fs.delete_dir(directory)  # an earlier publish that crashed before its manifest: not an archive
             elif existing.type != pafs.FileType.NotFound:
                 fs.delete_file(directory)
-            fs.create_dir(directory, recursive=True)
+            _make_dirs(fs, directory)
             files = []
             for name, _count in names:
                 fs.move(posixpath.join(staging, name), posixpath.join(directory, name))
@@ -538,6 +580,7 @@ class ArchiveStore:
             )
             tmp = manifest_path + ".tmp"
             with fs.open_output_stream(tmp) as out:
+                _owner_only(fs, tmp)
                 out.write(manifest.to_json())
             fs.move(tmp, manifest_path)  # the commit point
         except _FS_ERRORS as exc:
@@ -792,6 +835,7 @@ class ArchiveStore:
         path = self._path(partition, name)
         try:
             with fs.open_output_stream(path + ".tmp") as out:
+                _owner_only(fs, path + ".tmp")
                 out.write(data)
             fs.move(path + ".tmp", path)
         except _FS_ERRORS as exc:
@@ -814,9 +858,9 @@ class ArchiveStore:
                                operation="archive_sidecar", partition=partition) from None
 
     def sidecar_uri(self, partition: str, name: str) -> str:
-        """``<root_uri>/<partition>/<name>``."""
+        """``<root>/<partition>/<name>`` without credentials."""
         _check_sidecar(partition, name)
-        return self._uri(partition, name)
+        return self._display(partition, name)
 
 
 @dataclass

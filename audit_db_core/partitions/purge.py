@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from psycopg import sql
 
 from audit_db_core import ledger
-from audit_db_core.errors import ComplianceError, PartitionError
+from audit_db_core.errors import ArchiveError, ComplianceError, PartitionError
 from audit_db_core.partitions.archival import archive_problems
 from audit_db_core.partitions.bounds import _not_future, _utc, resolve_period
 from audit_db_core.partitions.inspection import archive_cutoff, get, list_partitions, registered
@@ -167,16 +167,24 @@ def _drop(pm: PartitionManager, decision: PurgeDecision, run_id: str | None) -> 
 
 
 def _delete_archive(pm: PartitionManager, name: str, run_id: str | None) -> None:
+    """The registry and the ledger say the archive is gone, committed, before a file is removed: a failed commit
+    leaves the archive whole (after a purge it is the only copy). A removal that fails after the commit leaves
+    files behind, never a registry that claims an archive which no longer exists; it is logged and raised."""
     store = pm.archive_store()
     with pm._conn("delete_archive") as conn, conn.transaction():
         locked = registered(conn, name, lock=True)
         if locked is None or locked.legal_hold or locked.state != "purged":
             return
-        store.delete(name)
         conn.execute("UPDATE audit_partitions SET archive_deleted_at = now(), updated_at = now()"
                      " WHERE partition_name = %s", (name,))
         ledger.record(conn, "delete_archive", name, run_id=run_id, checksum=locked.archive_checksum,
                       details={"archive_uri": locked.archive_uri})
+    try:
+        store.delete(name)
+    except ArchiveError as exc:
+        logger.warning("archive of %s recorded as deleted but its files remain: %s", name, exc.message,
+                       extra={"audit": exc.to_dict()})
+        raise
 
 
 # -- legal holds ----------------------------------------------------------------------------------------------------
