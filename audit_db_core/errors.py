@@ -20,9 +20,6 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-import psycopg
-import psycopg.errors
-
 
 class ErrorCategory(str, enum.Enum):
     VALIDATION = "validation"
@@ -273,11 +270,14 @@ _ROLES_HINT = (
 def classify(exc: BaseException, *, operation: str | None = None, **context: Any) -> AuditError:
     """Map a driver exception onto the library's hierarchy (an ``AuditError`` is returned as it is).
 
+    >>> import psycopg
     >>> classify(psycopg.OperationalError("connection refused"), operation="insert").category.value
     'connection'
     """
     if isinstance(exc, AuditError):
         return exc
+    import psycopg.errors  # here, not at the top: the errors (and the offline integrity model) need no driver
+
     diag = getattr(exc, "diag", None)
     primary = getattr(diag, "message_primary", None) if diag is not None else None
     hint = getattr(diag, "message_hint", None) if diag is not None else None

@@ -19,11 +19,12 @@ import logging
 import re
 from dataclasses import dataclass, field
 from importlib import resources
-
-import psycopg
-from psycopg import sql
+from typing import TYPE_CHECKING
 
 from audit_db_core.errors import MigrationError, classify
+
+if TYPE_CHECKING:
+    import psycopg
 
 logger = logging.getLogger("audit_db_core.migrate")
 
@@ -80,6 +81,8 @@ SCHEMA_VERSION = available_migrations()[-1].version
 
 def migrate(conninfo: str, *, connect_timeout: int = 10, lock_timeout_s: float = 300.0) -> MigrationResult:
     """Apply every pending migration to the database at ``conninfo``; safe to call concurrently and repeatedly."""
+    import psycopg  # here, not at the top: importing audit_db_core needs no database driver
+
     try:
         conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout)
     except psycopg.Error as exc:
@@ -89,6 +92,9 @@ def migrate(conninfo: str, *, connect_timeout: int = 10, lock_timeout_s: float =
 
 
 def _migrate(conn: psycopg.Connection, lock_timeout_s: float) -> MigrationResult:
+    import psycopg
+    from psycopg import sql
+
     result = MigrationResult()
     current: str | None = None  # the migration being applied, named when it fails
     try:

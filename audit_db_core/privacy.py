@@ -47,13 +47,14 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from audit_db_core import ledger
 from audit_db_core.config import PSEUDONYMIZABLE_FIELDS, AuditSettings
 from audit_db_core.errors import AuditError, AuditValidationError, ConfigurationError
 from audit_db_core.events import STORED_COLUMNS, AuditEvent, format_time
+from audit_db_core.partitions import PartitionManager
+from audit_db_core.period_rows import LOG_TABLE, PeriodRows
 from audit_db_core.private_files import make_private_dirs, write_private
 from audit_db_core.query import AuditQuery
 
@@ -465,10 +466,11 @@ class PrivacyManager:
                 m.add(name, value, value)
         return m
 
-    def _rows(self, conn: psycopg.Connection[Any], matches: _Matches) -> Iterator[tuple[str, dict[str, Any]]]:
+    @staticmethod
+    def _rows(conn: psycopg.Connection[Any], matches: _Matches,
+              periods: PeriodRows) -> Iterator[tuple[str, dict[str, Any]]]:
         """``(source, row)`` of every stored row that names the subject: audit_log (attached partitions and
-        DEFAULT), detached partitions, then the archives of purged periods. Archives that cannot be read raise
-        ArchiveError / ConfigurationError, caught per partition by the caller through ``_archive_rows``."""
+        DEFAULT), then detached partitions. The archives of purged periods are read by ``_archive_rows``."""
         conditions: list[sql.Composable] = []
         params: list[Any] = []
         for name, values in sorted(matches.by_field.items()):
@@ -482,47 +484,32 @@ class PrivacyManager:
                 params.append(sorted(values))
         if not conditions:
             return
-        columns = sql.SQL(", ").join(sql.Identifier(c) for c in STORED_COLUMNS)
         where = sql.SQL(" OR ").join(conditions)
-        tables = ["audit_log", *self._detached(conn)]
-        for table in tables:
-            stmt = sql.SQL("SELECT {}, tableoid::regclass::text AS audit_source FROM {} WHERE {}"
-                           " ORDER BY event_time, event_id").format(columns, sql.Identifier(table), where)
-            with conn.cursor(row_factory=dict_row) as cur:
-                for row in cur.execute(stmt, params):
-                    yield str(row.pop("audit_source")), row
+        for table in [LOG_TABLE, *(p.name for p in periods.detached(conn))]:
+            yield from periods.table_rows(conn, table, STORED_COLUMNS, where, params)
 
     @staticmethod
-    def _detached(conn: psycopg.Connection[Any]) -> list[str]:
-        rows = conn.execute("SELECT partition_name FROM audit_partitions WHERE state = 'archived' AND detached"
-                            " AND to_regclass(partition_name) IS NOT NULL ORDER BY range_start").fetchall()
-        return [r[0] for r in rows]
-
-    def _archive_rows(self, conn: psycopg.Connection[Any], matches: _Matches,
+    def _archive_rows(periods: PeriodRows, matches: _Matches,
                       unreadable: list[str]) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Rows of purged periods, from their archives (every row is read: archives have no identity index)."""
-        purged = conn.execute("SELECT partition_name FROM audit_partitions WHERE state = 'purged'"
-                              " AND archive_deleted_at IS NULL ORDER BY range_start").fetchall()
+        """Rows of purged periods, from their archives (every row is read: archives have no identity index). An
+        archive that cannot be read is named in ``unreadable`` with the reason, and the others are still read."""
+        purged = periods.purged()
         if not purged or not matches.by_field:
             return
-        from audit_db_core.partitions import PartitionManager
-
-        try:
-            store = PartitionManager(self._connections, self.settings).archive_store()
-        except ConfigurationError as exc:
-            unreadable.extend(f"{name}: {exc.message}" for (name,) in purged)
+        if periods.store() is None:
+            unreadable.extend(f"{p.name}: {periods.store_error}" for p in purged)
             return
-        for (name,) in purged:
+        for p in purged:
             try:
-                manifest = store.read_manifest(name)
-                if manifest is None:
-                    unreadable.append(f"{name}: no archive manifest at {store.manifest_uri(name)}")
-                    continue
-                for file_name, row in store.read_rows(manifest):
+                for source, row in periods.archive_rows(p):
                     if matches.hit(row)[0]:
-                        yield f"{name}/{file_name}", row
+                        yield source, row
             except AuditError as exc:
-                unreadable.append(f"{name}: {exc.message}")
+                unreadable.append(f"{p.name}: {exc.message}")
+
+    def _period_rows(self, conn: psycopg.Connection[Any]) -> PeriodRows:
+        """The registry as ``conn`` sees it: where the rows of every period live."""
+        return PeriodRows(PartitionManager(self._connections, self.settings), conn)
 
     def export_subject(
         self,
@@ -552,9 +539,10 @@ class PrivacyManager:
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")  # one snapshot for every table
             subjects = self._subjects(conn, names, value, sid)
             matches = self._matches(subjects, names, value)
-            for source, row in self._rows(conn, matches):
+            periods = self._period_rows(conn)
+            for source, row in self._rows(conn, matches, periods):
                 events.append(_event_json(row, matches, source))
-            for source, row in self._archive_rows(conn, matches, unreadable):
+            for source, row in self._archive_rows(periods, matches, unreadable):
                 events.append(_event_json(row, matches, source))
                 from_archives += 1
             found = bool(subjects or events)
@@ -599,7 +587,9 @@ class PrivacyManager:
             subjects = self._subjects(conn, names, value, sid, lock=True)
             matches = self._matches(subjects, names, value)
             linked = in_clear = 0
-            for _, row in itertools.chain(self._rows(conn, matches), self._archive_rows(conn, matches, unreadable)):
+            periods = self._period_rows(conn)
+            for _, row in itertools.chain(self._rows(conn, matches, periods),
+                                          self._archive_rows(periods, matches, unreadable)):
                 by_pseudonym = matches.hit(row)[1]
                 linked += by_pseudonym
                 in_clear += not by_pseudonym

@@ -189,7 +189,7 @@ def test_queries_by_identity_find_the_pseudonymized_events(db: AuditDatabase) ->
 # -- export ----------------------------------------------------------------------------------------------------------
 
 
-def _history(db: AuditDatabase) -> list[AuditEvent]:
+def _history(db: AuditDatabase, *, purge: bool = True) -> list[AuditEvent]:
     """January 2021 (archived, then purged after its year of retention) and today, for the patient and others."""
     db.partitions.create_partition("2021-01")
     old = [read(when=JAN), read(when=JAN + dt.timedelta(days=1), who="nurse.joy"),
@@ -200,7 +200,8 @@ def _history(db: AuditDatabase) -> list[AuditEvent]:
     result = seal(db, until=dt.datetime(2021, 2, 1, tzinfo=UTC))
     assert result.status == "sealed", result
     db.partitions.archive("2021-01")
-    assert db.partitions.purge(dry_run=False).purged == ["audit_log_p2021_01"]
+    if purge:
+        assert db.partitions.purge(dry_run=False).purged == ["audit_log_p2021_01"]
     return old + new
 
 
@@ -229,6 +230,39 @@ def test_export_holds_every_event_of_the_subject_hot_and_archived(
     assert entry.outcome == "ok" and entry.row_count == 4 and entry.run_id == "ticket-17"
     assert entry.details["subject_ids"] == export.subject_ids and entry.details["events_from_archives"] == 2
     assert PATIENT not in json.dumps(entry.details)
+
+
+def test_export_and_erasure_read_a_detached_partition(fresh_database: str, tmp_path: Path) -> None:
+    """Archived and detached (AUDIT_ARCHIVE__MODE=detach), not yet purged: the period's rows are in the detached
+    table, outside audit_log, and still the subject's."""
+    archive = {"root_uri": str(tmp_path / "archive"), "mode": "detach"}
+    with AuditDatabase(privacy_settings(fresh_database, tmp_path, archive=archive)) as db:
+        _history(db, purge=False)
+        assert db.partitions.get("2021-01").detached
+        export = db.privacy.export_subject(PATIENT)
+        assert export.complete and len(export.events) == 4 and export.events_from_archives == 0
+        assert sum(e["source"] == "audit_log_p2021_01" for e in export.events) == 2
+        assert db.privacy.erase_subject(PATIENT).events_unlinked == 4
+
+
+def test_an_unreadable_archive_is_named_and_the_rest_still_exported(
+    db: AuditDatabase, fresh_database: str, tmp_path: Path
+) -> None:
+    """Without its manifest, or without an archive root, a purged period cannot be read: the export says which
+    and why, and still holds the hot events; the erasure still erases."""
+    _history(db)
+    (tmp_path / "archive" / "audit_log_p2021_01" / "manifest.json").unlink()
+    export = db.privacy.export_subject(PATIENT)
+    assert not export.complete and len(export.events) == 2 and export.events_from_archives == 0
+    manifest = (tmp_path / "archive" / "audit_log_p2021_01" / "manifest.json").as_uri()
+    assert export.unreadable == [f"audit_log_p2021_01: no archive manifest at {manifest}"]
+    with AuditDatabase(privacy_settings(fresh_database, tmp_path, archive={})) as no_archive:
+        export = no_archive.privacy.export_subject(PATIENT)
+        assert len(export.events) == 2
+        (reason,) = export.unreadable
+        assert reason.startswith("audit_log_p2021_01: ") and "AUDIT_ARCHIVE__ROOT_URI" in reason
+        result = no_archive.privacy.erase_subject(PATIENT)
+        assert result.found and result.events_unlinked == 2 and result.unreadable == export.unreadable
 
 
 def test_export_by_subject_id_and_of_rows_written_before_pseudonymization(
