@@ -315,7 +315,7 @@ class ArchiveStore:
             self._root_uri = self._uri_path + self._uri_query
         else:
             raise ArchiveError(
-                f"archive root {public_uri(root_uri)!r} must be a URI (file:///…, s3://…) or an absolute path",
+                "the archive root must be a URI (file:///…, s3://…) or an absolute path",
                 operation="archive_store",
             )
         self._display_root = public_uri(self._root_uri)

@@ -185,6 +185,7 @@ def _prepare_dagster(run: _DevRun, settings: AuditSettings) -> Path:
 
 
 def _print_summary(run: _DevRun, args: argparse.Namespace, summary: _DatabaseSummary, dagster_home: Path) -> None:
+    from audit_db_core.archive import public_uri
     from audit_db_core.errors import redact
     from audit_platform.dagster_home import STORAGE_URL_ENV
 
@@ -193,7 +194,7 @@ def _print_summary(run: _DevRun, args: argparse.Namespace, summary: _DatabaseSum
     print(f"  AUDIT_DATABASE_URL={settings.display_database_url}")
     print(f"  AUDIT_REPLICA_URLS={','.join(settings.display_replica_urls)}")
     print(f"  AUDIT_REDIS_URL={settings.display_redis_url or ''}")
-    print(f"  AUDIT_ARCHIVE__ROOT_URI={os.environ['AUDIT_ARCHIVE__ROOT_URI']}")
+    print(f"  AUDIT_ARCHIVE__ROOT_URI={public_uri(os.environ['AUDIT_ARCHIVE__ROOT_URI'])}")
     print(f"  AUDIT_REPORTS__DIRECTORY={os.environ['AUDIT_REPORTS__DIRECTORY']}")
     if run.dev_key is not None:
         print(f"  AUDIT_INTEGRITY__SIGNING_KEY=(a development key, kept in {run.dev_key}; never use it in production)")

@@ -36,7 +36,7 @@ from audit_db_core.partitions.results import ArchiveResult, PartitionInfo, Resto
 
 if TYPE_CHECKING:
     from audit_db_core.archive import ArchiveManifest, ArchiveStore
-    from audit_db_core.partitions import PartitionManager
+    from audit_db_core.partitions.state import ManagerState
 
 logger = logging.getLogger("audit_db_core.partitions")
 
@@ -56,7 +56,7 @@ class ArchivedHook(Protocol):
 
 
 def archive(
-    pm: PartitionManager,
+    pm: ManagerState,
     period: Any,
     *,
     now: dt.datetime | None = None,
@@ -76,7 +76,7 @@ def archive(
 
 
 def _archive(
-    pm: PartitionManager, b: PartitionBounds, now: dt.datetime | None, run_id: str | None,
+    pm: ManagerState, b: PartitionBounds, now: dt.datetime | None, run_id: str | None,
     progress: Callable[[int], None] | None,
 ) -> ArchiveResult:
     from audit_db_core.archive import table_digest
@@ -116,7 +116,7 @@ def _archive(
     )
 
 
-def _check_past_active_window(pm: PartitionManager, info: PartitionInfo, now: dt.datetime | None) -> None:
+def _check_past_active_window(pm: ManagerState, info: PartitionInfo, now: dt.datetime | None) -> None:
     cutoff = archive_cutoff(pm, _not_future(now, "archive"))
     if info.end > cutoff:
         raise PartitionError(
@@ -170,7 +170,7 @@ def _finish_archive(
     return int(size)
 
 
-def _already_archived(pm: PartitionManager, info: PartitionInfo) -> ArchiveResult:
+def _already_archived(pm: ManagerState, info: PartitionInfo) -> ArchiveResult:
     if info.state == "archived":
         _detach_if_configured(pm, resolve_period(info.start, pm.interval), None)
     return ArchiveResult(
@@ -181,20 +181,20 @@ def _already_archived(pm: PartitionManager, info: PartitionInfo) -> ArchiveResul
     )
 
 
-def _detach_if_configured(pm: PartitionManager, b: PartitionBounds, run_id: str | None) -> bool:
+def _detach_if_configured(pm: ManagerState, b: PartitionBounds, run_id: str | None) -> bool:
     if pm.settings.archive.mode != "detach":
         return False
     return detach_partition(pm, b, run_id=run_id)
 
 
 def archive_eligible(
-    pm: PartitionManager, *, now: dt.datetime | None = None, run_id: str | None = None
+    pm: ManagerState, *, now: dt.datetime | None = None, run_id: str | None = None
 ) -> list[ArchiveResult]:
     """Archive every active partition past the active window, oldest first."""
     return [archive(pm, a.start, now=now, run_id=run_id) for a in pm.plan(now).of("archive")]
 
 
-def _record_failure(pm: PartitionManager, operation: str, partition: str, exc: AuditError, run_id: str | None) -> None:
+def _record_failure(pm: ManagerState, operation: str, partition: str, exc: AuditError, run_id: str | None) -> None:
     try:
         with pm._conn(operation) as conn, conn.transaction():
             ledger.record(conn, operation, partition, "failed", run_id=run_id, details=exc.to_dict())
@@ -205,7 +205,7 @@ def _record_failure(pm: PartitionManager, operation: str, partition: str, exc: A
 # -- detach and restore ---------------------------------------------------------------------------------------------
 
 
-def detach_partition(pm: PartitionManager, period: Any, *, run_id: str | None = None) -> bool:
+def detach_partition(pm: ManagerState, period: Any, *, run_id: str | None = None) -> bool:
     """Detach an *archived* partition from ``audit_log``. Returns False when it was detached already. An
     active partition is refused: detaching would hide live data. PostgreSQL cannot detach CONCURRENTLY while a
     DEFAULT partition exists, so this takes ACCESS EXCLUSIVE on ``audit_log`` for the instant of the DETACH
@@ -234,7 +234,7 @@ def detach_partition(pm: PartitionManager, period: Any, *, run_id: str | None = 
     return True
 
 
-def restore(pm: PartitionManager, period: Any, *, table: str | None = None, run_id: str | None = None) -> RestoreResult:
+def restore(pm: ManagerState, period: Any, *, table: str | None = None, run_id: str | None = None) -> RestoreResult:
     """Load an archived period back from its archive into a plain table (``audit_restore_<partition>`` by
     default) for an investigation. The archive is verified first; the restored rows' digest must match."""
     from audit_db_core.archive import table_digest
@@ -280,7 +280,7 @@ def archive_problems(p: PartitionInfo, store: ArchiveStore) -> list[str]:
 
 
 def verify_archives(
-    pm: PartitionManager, *, record: bool = False, run_id: str | None = None
+    pm: ManagerState, *, record: bool = False, run_id: str | None = None
 ) -> list[tuple[str, list[str]]]:
     """Re-read the archive of every archived partition (and of every purged one whose archive is still kept)
     and verify it against the registry's row count, content digest and manifest SHA-256.

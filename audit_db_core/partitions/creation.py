@@ -37,7 +37,7 @@ from audit_db_core.partitions.inspection import default_ranges, registered
 from audit_db_core.partitions.results import CreateResult, _elapsed_ms
 
 if TYPE_CHECKING:
-    from audit_db_core.partitions import PartitionManager
+    from audit_db_core.partitions.state import ManagerState
 
 logger = logging.getLogger("audit_db_core.partitions")
 
@@ -46,7 +46,7 @@ logger = logging.getLogger("audit_db_core.partitions")
 MAINTAINER_ROLE = "audit_maintainer"
 
 
-def create_partition(pm: PartitionManager, period: Any, *, run_id: str | None = None) -> CreateResult:
+def create_partition(pm: ManagerState, period: Any, *, run_id: str | None = None) -> CreateResult:
     """Create (idempotently) the partition of ``period`` with the parent's indexes, and register it.
 
     Rows that sit in the DEFAULT partition for this range are moved into the new partition in the same
@@ -132,7 +132,7 @@ def _move_default_rows(conn: psycopg.Connection[Any], b: PartitionBounds, in_ran
 
 
 def premake(
-    pm: PartitionManager, n: int | None = None, *, now: dt.datetime | None = None, run_id: str | None = None
+    pm: ManagerState, n: int | None = None, *, now: dt.datetime | None = None, run_id: str | None = None
 ) -> list[CreateResult]:
     """Ensure the partition of ``now`` and the ``n`` following ones exist (``n`` defaults to settings)."""
     count = pm.settings.partitions.premake if n is None else n
@@ -142,7 +142,7 @@ def premake(
     return [create_partition(pm, following(current, pm.interval, i), run_id=run_id) for i in range(count + 1)]
 
 
-def rescue_default(pm: PartitionManager, *, run_id: str | None = None) -> list[CreateResult]:
+def rescue_default(pm: ManagerState, *, run_id: str | None = None) -> list[CreateResult]:
     """Give every period that has rows in DEFAULT its partition (moving the rows). Periods whose partition
     was archived and detached cannot take rows any more: they are left and reported by :meth:`plan`."""
     results = []

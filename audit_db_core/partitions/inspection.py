@@ -34,7 +34,7 @@ from audit_db_core.partitions.results import IndexStats, PartitionInfo, Partitio
 from audit_db_core.retention import add_period
 
 if TYPE_CHECKING:
-    from audit_db_core.partitions import PartitionManager
+    from audit_db_core.partitions.state import ManagerState
 
 # -- the registry ---------------------------------------------------------------------------------------------------
 
@@ -70,7 +70,7 @@ def registered(conn: psycopg.Connection[Any], name: str, *, lock: bool = False) 
     return _info(row) if row else None
 
 
-def list_partitions(pm: PartitionManager, state: str | None = None) -> list[PartitionInfo]:
+def list_partitions(pm: ManagerState, state: str | None = None) -> list[PartitionInfo]:
     """The registered partitions (of one ``state`` when given), oldest first."""
     with pm._conn("list_partitions") as conn:
         cur = conn.cursor(row_factory=dict_row)
@@ -81,7 +81,7 @@ def list_partitions(pm: PartitionManager, state: str | None = None) -> list[Part
     return [_info(r) for r in rows]
 
 
-def find_partition(pm: PartitionManager, ts: dt.datetime) -> PartitionInfo | None:
+def find_partition(pm: ManagerState, ts: dt.datetime) -> PartitionInfo | None:
     """The registered partition whose range holds ``ts``: one B-tree probe on ``range_start``."""
     ts = _utc(ts)
     with pm._conn("find_partition") as conn:
@@ -94,7 +94,7 @@ def find_partition(pm: PartitionManager, ts: dt.datetime) -> PartitionInfo | Non
     return _info(row)
 
 
-def get(pm: PartitionManager, period: Any) -> PartitionInfo:
+def get(pm: ManagerState, period: Any) -> PartitionInfo:
     """The registered partition of ``period`` (see :func:`resolve_period`); PartitionError when there is none."""
     b = resolve_period(period, pm.interval)
     with pm._conn("get_partition") as conn:
@@ -107,14 +107,14 @@ def get(pm: PartitionManager, period: Any) -> PartitionInfo:
 # -- the DEFAULT partition ------------------------------------------------------------------------------------------
 
 
-def default_row_count(pm: PartitionManager) -> int:
+def default_row_count(pm: ManagerState) -> int:
     """Rows in the DEFAULT partition (rows whose period had no partition when they were written)."""
     with pm._conn("default_row_count") as conn:
         row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(DEFAULT_PARTITION))).fetchone()
     return int(row[0]) if row else 0
 
 
-def default_ranges(pm: PartitionManager) -> list[tuple[PartitionBounds, int]]:
+def default_ranges(pm: ManagerState) -> list[tuple[PartitionBounds, int]]:
     """The periods that rows in the DEFAULT partition belong to, with their row counts (one grouped scan)."""
     interval = pm.interval
     if interval.months:
@@ -137,7 +137,7 @@ def default_ranges(pm: PartitionManager) -> list[tuple[PartitionBounds, int]]:
 # -- one partition, measured ----------------------------------------------------------------------------------------
 
 
-def stats(pm: PartitionManager, period: Any) -> PartitionStats:
+def stats(pm: ManagerState, period: Any) -> PartitionStats:
     """Rows (an exact count), total bytes (table, indexes, TOAST) and indexes of the registered partition of
     ``period``, measured now. One sequential count per call: meant for one partition at a time.
 
@@ -169,12 +169,12 @@ def stats(pm: PartitionManager, period: Any) -> PartitionStats:
 # -- the active window ----------------------------------------------------------------------------------------------
 
 
-def archive_cutoff(pm: PartitionManager, now: dt.datetime | None = None) -> dt.datetime:
+def archive_cutoff(pm: ManagerState, now: dt.datetime | None = None) -> dt.datetime:
     """Partitions that end at or before this instant are past the active window."""
     return add_period(_utc(now or dt.datetime.now(dt.UTC)), pm.settings.partitions.active_window, -1)
 
 
-def archivable_from(pm: PartitionManager, period: Any) -> dt.datetime:
+def archivable_from(pm: ManagerState, period: Any) -> dt.datetime:
     """The instant the period leaves the active window: its end plus ``AUDIT_PARTITIONS__ACTIVE_WINDOW``
     (before then :meth:`archive` refuses it and :meth:`plan` does not list it)."""
     b = resolve_period(period, pm.interval)
@@ -184,7 +184,7 @@ def archivable_from(pm: PartitionManager, period: Any) -> dt.datetime:
 # -- registry against ledger ----------------------------------------------------------------------------------------
 
 
-def ledger_consistency(pm: PartitionManager) -> list[str]:
+def ledger_consistency(pm: ManagerState) -> list[str]:
     """Problems between the registry and the lifecycle ledger (empty when consistent): every registered
     partition has a successful ``create`` entry, every archived or purged one a successful ``archive``, every
     purged one a successful ``purge``."""

@@ -33,13 +33,13 @@ from audit_db_core.partitions.results import (
 
 if TYPE_CHECKING:
     from audit_db_core.config import MaintenanceSettings
-    from audit_db_core.partitions import PartitionManager
+    from audit_db_core.partitions.state import ManagerState
 
 
 # -- plan -----------------------------------------------------------------------------------------------------------
 
 
-def plan(pm: PartitionManager, now: dt.datetime | None = None) -> MaintenancePlan:
+def plan(pm: ManagerState, now: dt.datetime | None = None) -> MaintenancePlan:
     """What maintenance would do at ``now``, without doing it."""
     now = _utc(now or dt.datetime.now(dt.UTC))
     out = MaintenancePlan(now)
@@ -71,7 +71,7 @@ def plan(pm: PartitionManager, now: dt.datetime | None = None) -> MaintenancePla
 # -- optimize -------------------------------------------------------------------------------------------------------
 
 
-def optimize(pm: PartitionManager, *, run_id: str | None = None) -> OptimizeReport:
+def optimize(pm: ManagerState, *, run_id: str | None = None) -> OptimizeReport:
     """ANALYZE partitions whose statistics are stale, summarize new BRIN ranges, and REINDEX CONCURRENTLY
     B-tree indexes whose leaf density fell below the threshold (needs the pgstattuple extension, and a role
     that may execute ``pgstatindex``: a superuser or a member of ``pg_stat_scan_tables``; without them the

@@ -38,7 +38,7 @@ from audit_db_core.retention import (
 if TYPE_CHECKING:
     from audit_db_core.archive import ArchiveStore
     from audit_db_core.config import RetentionSettings
-    from audit_db_core.partitions import PartitionManager
+    from audit_db_core.partitions.state import ManagerState
 
 logger = logging.getLogger("audit_db_core.partitions")
 
@@ -47,7 +47,7 @@ logger = logging.getLogger("audit_db_core.partitions")
 
 
 def purge(
-    pm: PartitionManager, now: dt.datetime | None = None, *, dry_run: bool = True, run_id: str | None = None
+    pm: ManagerState, now: dt.datetime | None = None, *, dry_run: bool = True, run_id: str | None = None
 ) -> PurgeReport:
     """Drop partitions past retention whose archive verifies and that are not on hold; then delete archives
     past the archive retention. ``dry_run`` (the default) only reports what would go and why."""
@@ -66,7 +66,7 @@ def purge(
 
 
 def purge_decisions(
-    pm: PartitionManager, now: dt.datetime, *, verify: bool, only: str | None = None
+    pm: ManagerState, now: dt.datetime, *, verify: bool, only: str | None = None
 ) -> list[PurgeDecision]:
     """What a purge at ``now`` does with each registered partition (``only``: with that one), and why. With
     ``verify`` a partition is only purged when its archive is read back and verifies now."""
@@ -131,7 +131,7 @@ def _archive_problem(p: PartitionInfo, store: ArchiveStore) -> str | None:
 
 
 def drop_partition(
-    pm: PartitionManager, period: Any, *, now: dt.datetime | None = None, run_id: str | None = None
+    pm: ManagerState, period: Any, *, now: dt.datetime | None = None, run_id: str | None = None
 ) -> None:
     """Drop one partition — only when it is archived, its archive verifies now, it is past retention and
     not on hold (the same rules as :meth:`purge`); anything else is a ComplianceError and changes nothing."""
@@ -148,7 +148,7 @@ def drop_partition(
     _drop(pm, decision, run_id)
 
 
-def _drop(pm: PartitionManager, decision: PurgeDecision, run_id: str | None) -> None:
+def _drop(pm: ManagerState, decision: PurgeDecision, run_id: str | None) -> None:
     started = time.perf_counter()
     with pm._conn("drop_partition") as conn, conn.transaction():
         info = registered(conn, decision.partition, lock=True)
@@ -166,7 +166,7 @@ def _drop(pm: PartitionManager, decision: PurgeDecision, run_id: str | None) -> 
     pm._removed(info)
 
 
-def _delete_archive(pm: PartitionManager, name: str, run_id: str | None) -> None:
+def _delete_archive(pm: ManagerState, name: str, run_id: str | None) -> None:
     """The registry and the ledger say the archive is gone, committed, before a file is removed: a failed commit
     leaves the archive whole (after a purge it is the only copy). A removal that fails after the commit leaves
     files behind, never a registry that claims an archive which no longer exists; it is logged and raised."""
@@ -190,21 +190,21 @@ def _delete_archive(pm: PartitionManager, name: str, run_id: str | None) -> None
 # -- legal holds ----------------------------------------------------------------------------------------------------
 
 
-def hold(pm: PartitionManager, period: Any, reason: str, *, run_id: str | None = None) -> PartitionInfo:
+def hold(pm: ManagerState, period: Any, reason: str, *, run_id: str | None = None) -> PartitionInfo:
     """Place a legal hold: the period is never purged and its archive never deleted until released."""
     if not isinstance(reason, str) or not reason.strip():
         raise PartitionError("a legal hold needs a reason (case number, requester)", operation="hold")
     return _set_hold(pm, period, True, reason.strip(), run_id)
 
 
-def release(pm: PartitionManager, period: Any, reason: str, *, run_id: str | None = None) -> PartitionInfo:
+def release(pm: ManagerState, period: Any, reason: str, *, run_id: str | None = None) -> PartitionInfo:
     """Release a legal hold (the reason is kept in the ledger)."""
     if not isinstance(reason, str) or not reason.strip():
         raise PartitionError("releasing a legal hold needs a reason", operation="release")
     return _set_hold(pm, period, False, reason.strip(), run_id)
 
 
-def _set_hold(pm: PartitionManager, period: Any, on: bool, reason: str, run_id: str | None) -> PartitionInfo:
+def _set_hold(pm: ManagerState, period: Any, on: bool, reason: str, run_id: str | None) -> PartitionInfo:
     b = resolve_period(period, pm.interval)
     op = "hold" if on else "release"
     with pm._conn(op) as conn, conn.transaction():
