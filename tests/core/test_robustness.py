@@ -1,0 +1,118 @@
+"""Failure paths that must not hurt bystanders:
+
+- the probe that tells a down primary from a busy one connects with no lock held: ``pool_stats()`` answers while a
+  probe waits on a server that accepts TCP connections and never speaks;
+- a half-open breaker whose trial caller never reports back reclaims the permit after the trial timeout;
+- a write whose bookkeeping after COMMIT fails (its WAL position cannot be read: EXECUTE on
+  ``pg_current_wal_insert_lsn()`` revoked for the writer's role) is still reported as written, exactly once.
+
+Times are compared with each other (a probe's duration against ``pool_stats()``'s), never with fixed figures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from audit_db_core import AuditConnectionError, AuditDatabase, AuditEvent, AuditSettings
+from audit_db_core.breakers import BreakerState, CircuitBreaker
+from audit_db_core.config import BreakerSettings
+from audit_db_core.connections import ConnectionManager
+from tests.conftest import TestServers as Servers
+from tests.core.test_roles import LoginRoles
+
+UTC = dt.UTC
+
+
+# -- the primary probe ----------------------------------------------------------------------------------------------
+
+
+class SilentServer:
+    """A TCP listener that accepts connections and never sends a byte (a server hung before its greeting)."""
+
+    def __init__(self) -> None:
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._sock.settimeout(0.1)
+        self.port = self._sock.getsockname()[1]
+        self.accepted: list[float] = []  # monotonic time of each accepted connection
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._conns.append(conn)
+            self.accepted.append(time.monotonic())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        for conn in self._conns:
+            conn.close()
+        self._sock.close()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[SilentServer]:
+    server = SilentServer()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_pool_stats_answers_while_the_primary_probe_waits_on_a_silent_server(silent_server: SilentServer) -> None:
+    settings = AuditSettings(
+        database_url=f"postgresql://app@127.0.0.1:{silent_server.port}/audit",
+        # one pool connection at most: the first accepted connection is the pool's, the second the probe's
+        pool={"min_size": 0, "max_size": 1, "timeout_seconds": 30, "connect_timeout_seconds": 3},
+    )
+    cm = ConnectionManager(settings).open(wait=False)
+    outcome: dict[str, object] = {}
+
+    def borrow() -> None:
+        try:
+            with cm.connection(operation="probe-test"):
+                pass
+        except AuditConnectionError as exc:
+            outcome["error"] = exc
+        outcome["ended"] = time.monotonic()
+
+    caller = threading.Thread(target=borrow)
+    try:
+        caller.start()
+        deadline = time.monotonic() + 30
+        while len(silent_server.accepted) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(silent_server.accepted) >= 2, "the probe never connected"
+        probe_started = silent_server.accepted[1]
+        asked = time.monotonic()
+        stats = cm.pool_stats()
+        answered = time.monotonic()
+        assert caller.is_alive(), "pool_stats() waited for the probe to end"
+        caller.join(timeout=60)
+    finally:
+        cm.close()
+    assert isinstance(outcome.get("error"), AuditConnectionError)  # the probe's verdict: down
+    assert stats["primary"]["max_size"] == 1
+    probe_took = float(outcome["ended"]) - probe_started  # type: ignore[arg-type]
+    # pool_stats() did not wait for the probe: it took a small share of the probe's own duration.
+    assert answered - asked < probe_took / 4
+    assert answered < float(outcome["ended"])  # type: ignore[arg-type]
