@@ -298,12 +298,18 @@ class CacheSettings(_Section):
 
 class BreakerSettings(_Section):
     """One circuit breaker: ``failure_threshold`` failures within ``window_seconds`` open it for
-    ``reset_timeout_seconds``; then ``half_open_max_calls`` trial calls decide whether it closes."""
+    ``reset_timeout_seconds``; then ``half_open_max_calls`` trial calls decide whether it closes (a trial that
+    never reports back frees its permit after ``trial_timeout_seconds``)."""
 
     failure_threshold: int = Field(default=5, ge=1, le=10_000)
     window_seconds: float = Field(default=30.0, gt=0)
     reset_timeout_seconds: float = Field(default=30.0, gt=0, description="how long the breaker stays open")
     half_open_max_calls: int = Field(default=1, ge=1, le=1000)
+    trial_timeout_seconds: float | None = Field(
+        default=None, gt=0,
+        description="a half-open trial call that reports neither success nor failure within this long (its caller "
+        "crashed or hangs) is written off and its permit given to the next caller; unset: reset_timeout_seconds",
+    )
 
 
 class ReplicaBreakerSettings(BreakerSettings):

@@ -116,3 +116,53 @@ def test_pool_stats_answers_while_the_primary_probe_waits_on_a_silent_server(sil
     # pool_stats() did not wait for the probe: it took a small share of the probe's own duration.
     assert answered - asked < probe_took / 4
     assert answered < float(outcome["ended"])  # type: ignore[arg-type]
+
+
+# -- half-open trials that never report back -----------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _opened_breaker(clock: Clock, **settings: float) -> CircuitBreaker:
+    b = CircuitBreaker("primary", BreakerSettings(failure_threshold=1, window_seconds=10, reset_timeout_seconds=5,
+                                                  half_open_max_calls=1, **settings), clock=clock)
+    b.record_failure(AuditConnectionError("database unreachable: connection refused"))
+    assert b.state is BreakerState.OPEN
+    clock.now += 5
+    assert b.state is BreakerState.HALF_OPEN
+    return b
+
+
+def test_a_trial_that_never_reports_back_frees_its_permit_after_the_reset_time(caplog: pytest.LogCaptureFixture) -> None:
+    clock = Clock()
+    b = _opened_breaker(clock)
+    assert b.allow()  # the trial caller takes the permit … and crashes: no record_success / record_failure
+    assert not b.allow()
+    clock.now += 4.9
+    assert not b.allow() and b.state is BreakerState.HALF_OPEN
+    clock.now += 0.2  # past the trial timeout, by default the reset timeout (5 s)
+    with caplog.at_level(logging.WARNING, logger="audit_db_core.breakers"):
+        assert b.allow()  # the next caller gets the reclaimed permit
+    assert b.stats()["trials_expired"] == 1
+    assert any("never reported back" in r.getMessage() for r in caplog.records)
+    b.record_success()
+    assert b.state is BreakerState.CLOSED
+
+
+def test_the_trial_timeout_is_a_setting() -> None:
+    clock = Clock()
+    b = _opened_breaker(clock, trial_timeout_seconds=1)
+    assert b.trial_timeout == 1
+    assert b.allow() and not b.allow()
+    clock.now += 1
+    assert b.allow() and not b.allow()
+    b.record_failure(AuditConnectionError("database unreachable: connection refused"))
+    assert b.state is BreakerState.OPEN and b.stats()["trials_expired"] == 1
+    assert AuditSettings(database_url="postgresql://h/db",
+                         breakers={"replica": {"trial_timeout_seconds": 2}}).breakers.replica.trial_timeout_seconds == 2
