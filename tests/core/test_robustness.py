@@ -166,3 +166,55 @@ def test_the_trial_timeout_is_a_setting() -> None:
     assert b.state is BreakerState.OPEN and b.stats()["trials_expired"] == 1
     assert AuditSettings(database_url="postgresql://h/db",
                          breakers={"replica": {"trial_timeout_seconds": 2}}).breakers.replica.trial_timeout_seconds == 2
+
+
+# -- bookkeeping after COMMIT ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def lsn_blind_writer(servers: Servers, fresh_database: str) -> Iterator[str]:
+    """The URL of a writer (``audit_writer``) that may not call ``pg_current_wal_insert_lsn()`` in this database."""
+    roles = LoginRoles(servers.database_url)
+    try:
+        writer = roles.make("bookkeeping", "audit_writer")
+        with psycopg.connect(fresh_database, autocommit=True) as conn:
+            conn.execute("REVOKE EXECUTE ON FUNCTION pg_current_wal_insert_lsn() FROM PUBLIC")
+        yield roles.url(writer, fresh_database)
+    finally:
+        roles.drop_all()
+
+
+def _rows(url: str, principal: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT count(*) FROM audit_log WHERE principal_id = %s", (principal,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_committed_write_is_reported_written_when_the_work_after_commit_fails(
+    lsn_blind_writer: str, fresh_database: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    principal = f"Bookkeeping{uuid.uuid4().hex[:10]}"
+    settings = AuditSettings(database_url=lsn_blind_writer, ingest={"batch_size": 2})
+    assert settings.cache.enabled  # the commit position is tracked (cache invalidation)
+    caplog.set_level(logging.WARNING)
+    when = dt.datetime.now(UTC).replace(microsecond=0)
+    with AuditDatabase(settings) as db:
+        assert db.insert(AuditEvent(action="a", status="success", principal_id=principal, event_time=when)) is True
+        assert _rows(fresh_database, principal) == 1
+        assert db.bookkeeping_failures == 1
+
+        batch = [AuditEvent(action="b", status="success", principal_id=principal) for _ in range(3)]
+        assert db.insert_many(batch) == 3  # two batches, each committed, each with its bookkeeping failing
+        assert _rows(fresh_database, principal) == 4
+        assert db.bookkeeping_failures == 3
+
+        with db.transaction() as tx:
+            tx.insert(AuditEvent(action="c", status="success", principal_id=principal))
+        assert _rows(fresh_database, principal) == 5
+        assert db.bookkeeping_failures == 4
+        assert db.breakers.get("primary").state is BreakerState.CLOSED  # not counted against the primary
+
+    warnings = [r for r in caplog.records if r.name == "audit_db_core.database" and "is committed" in r.getMessage()]
+    assert len(warnings) == 4
+    assert "pg_current_wal_insert_lsn" in warnings[0].getMessage()
+    assert principal not in caplog.text
