@@ -4,7 +4,9 @@ A breaker counts failures of one component (the primary, each replica, Redis, pa
 ``failure_threshold`` failures fall within ``window_seconds`` it *opens*: calls fail at once with
 :class:`~audit_db_core.errors.CircuitOpenError` instead of waiting on a server that is down. After
 ``reset_timeout_seconds`` it turns *half-open* and lets ``half_open_max_calls`` trial calls through: one success
-closes it, one failure opens it again. Every transition is logged and counted.
+closes it, one failure opens it again. A trial whose caller never reports back (it crashed, or hangs) is written
+off after ``trial_timeout_seconds`` (default: ``reset_timeout_seconds``) and its permit goes to the next caller,
+so the breaker never stays half-open for good. Every transition is logged and counted.
 
 Only failures of the component count (connection errors, timeouts): a query the server rejects as invalid, or an
 event that fails validation, says nothing about the server's health.
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from audit_db_core.config import BreakerSettings, BreakersSettings
-from audit_db_core.errors import AuditError, AuditValidationError, CircuitOpenError, ErrorCategory, classify
+from audit_db_core.errors import AuditError, AuditValidationError, CircuitOpenError, ErrorCategory, classify, server_message
 
 logger = logging.getLogger("audit_db_core.breakers")
 
@@ -78,9 +80,9 @@ class CircuitBreaker:
         self._state = BreakerState.CLOSED
         self._failures: deque[float] = deque()
         self._opened_at = 0.0
-        self._trials = 0  # trial calls let through while half-open
+        self._trials: deque[float] = deque()  # when each trial call let through while half-open was admitted
         self._transitions: dict[str, int] = {}
-        self._counts = {"calls": 0, "successes": 0, "failures": 0, "rejected": 0}
+        self._counts = {"calls": 0, "successes": 0, "failures": 0, "rejected": 0, "trials_expired": 0}
         self._last_failure: str | None = None
 
     # -- state ---------------------------------------------------------------------------------------------------
@@ -103,10 +105,31 @@ class CircuitBreaker:
                 return 0.0
             return max(self._opened_at + self.settings.reset_timeout_seconds - self._clock(), 0.0)
 
+    @property
+    def trial_timeout(self) -> float:
+        """Seconds after which an admitted half-open trial that has not reported back is written off."""
+        timeout = self.settings.trial_timeout_seconds
+        return timeout if timeout is not None else self.settings.reset_timeout_seconds
+
     def _advance(self) -> None:
-        """Open → half-open once the reset timeout has passed (called under the lock)."""
-        if self._state is BreakerState.OPEN and self._clock() >= self._opened_at + self.settings.reset_timeout_seconds:
+        """Open → half-open once the reset timeout has passed; half-open trials that never reported back are
+        written off after the trial timeout (called under the lock)."""
+        now = self._clock()
+        if self._state is BreakerState.OPEN and now >= self._opened_at + self.settings.reset_timeout_seconds:
             self._move(BreakerState.HALF_OPEN)
+        if self._state is BreakerState.HALF_OPEN:
+            expired = 0
+            while self._trials and now - self._trials[0] >= self.trial_timeout:
+                self._trials.popleft()
+                expired += 1
+            if expired:
+                self._counts["trials_expired"] += expired
+                logger.warning(
+                    "circuit breaker %s: %d half-open trial call(s) never reported back; permit(s) reclaimed",
+                    self.name, expired,
+                    extra={"audit": {"breaker": self.name, "trials_expired": expired,
+                                     "trial_timeout_seconds": self.trial_timeout}},
+                )
 
     def _move(self, new: BreakerState) -> None:
         old = self._state
@@ -118,7 +141,7 @@ class CircuitBreaker:
         if new is BreakerState.OPEN:
             self._opened_at = self._clock()
         if new is not BreakerState.CLOSED:
-            self._trials = 0
+            self._trials.clear()
         if new is BreakerState.CLOSED:
             self._failures.clear()
         log = logger.warning if new is BreakerState.OPEN else logger.info
@@ -146,8 +169,8 @@ class CircuitBreaker:
             self._counts["calls"] += 1
             if self._state is BreakerState.CLOSED:
                 return True
-            if self._state is BreakerState.HALF_OPEN and self._trials < self.settings.half_open_max_calls:
-                self._trials += 1
+            if self._state is BreakerState.HALF_OPEN and len(self._trials) < self.settings.half_open_max_calls:
+                self._trials.append(self._clock())
                 return True
             self._counts["rejected"] += 1
             return False
@@ -168,7 +191,7 @@ class CircuitBreaker:
             now = self._clock()
             self._counts["failures"] += 1
             if exc is not None:
-                self._last_failure = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                self._last_failure = server_message(exc).splitlines()[0][:300]  # it is logged and shared
             if self._state is BreakerState.HALF_OPEN:
                 self._move(BreakerState.OPEN)
                 return

@@ -223,6 +223,14 @@ class ArchiveSettings(_Section):
             value = value.strip() or None
         if isinstance(value, str) and not (value.startswith("/") or re.match(r"^[a-z][a-z0-9+.-]*://", value)):
             raise ValueError("must be an absolute path or a URI such as file:///path or s3://bucket/prefix")
+        if isinstance(value, str) and "://" in value:
+            from urllib.parse import urlsplit
+
+            try:
+                urlsplit(value).port  # its message would quote the URI, which may carry credentials
+            except ValueError:
+                raise ValueError("does not parse as a URI (a broken [IPv6] host or a port that is not a number); "
+                                 "percent-encode '@', '/' and ':' in credentials") from None
         return value
 
 
@@ -290,12 +298,18 @@ class CacheSettings(_Section):
 
 class BreakerSettings(_Section):
     """One circuit breaker: ``failure_threshold`` failures within ``window_seconds`` open it for
-    ``reset_timeout_seconds``; then ``half_open_max_calls`` trial calls decide whether it closes."""
+    ``reset_timeout_seconds``; then ``half_open_max_calls`` trial calls decide whether it closes (a trial that
+    never reports back frees its permit after ``trial_timeout_seconds``)."""
 
     failure_threshold: int = Field(default=5, ge=1, le=10_000)
     window_seconds: float = Field(default=30.0, gt=0)
     reset_timeout_seconds: float = Field(default=30.0, gt=0, description="how long the breaker stays open")
     half_open_max_calls: int = Field(default=1, ge=1, le=1000)
+    trial_timeout_seconds: float | None = Field(
+        default=None, gt=0,
+        description="a half-open trial call that reports neither success nor failure within this long (its caller "
+        "crashed or hangs) is written off and its permit given to the next caller; unset: reset_timeout_seconds",
+    )
 
 
 class ReplicaBreakerSettings(BreakerSettings):
@@ -620,8 +634,11 @@ class AuditSettings(BaseSettings):
     @field_validator("replica_urls")
     @classmethod
     def _replica_urls(cls, value: list[SecretStr]) -> list[SecretStr]:
-        for url in value:
-            _check_url(url.get_secret_value(), _PG_SCHEMES)
+        for i, url in enumerate(value):
+            try:
+                _check_url(url.get_secret_value(), _PG_SCHEMES)
+            except ValueError as exc:
+                raise ValueError(f"URL {i + 1} of {len(value)}: {exc}" if len(value) > 1 else str(exc)) from None
         return value
 
     @field_validator("redis_url", mode="before")
@@ -720,7 +737,94 @@ def _merge(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_url(url: str, schemes: tuple[str, ...]) -> None:
+    """Refuse a URL that is empty, has another scheme, or does not parse, with a reason that never quotes any
+    part of it (the part a parser would quote back is often the password)."""
     if not url.strip():
         raise ValueError("must not be empty")
     if not url.startswith(schemes):
         raise ValueError(f"must start with {' or '.join(schemes)}")
+    if any(c.isspace() for c in url):
+        raise ValueError("contains a space or a line break: percent-encode it (a space is %20)")
+    if _BAD_PERCENT.search(url):
+        raise ValueError("contains a '%' that does not start a %XX escape: percent-encode a literal '%' as %25 "
+                         "(in a password too)")
+    if url.startswith(_PG_SCHEMES):
+        _check_pg_url(url)
+    else:
+        _check_redis_url(url)
+
+
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ENCODE_HINT = "percent-encode '@', '/', ':', '?' and '#' in the user name and password (%40, %2F, %3A, %3F, %23)"
+#: libpq's complaints about a URL it cannot parse, as reasons that do not quote the URL back.
+_LIBPQ_REASONS = (
+    ("matching \"]\"", "has an IPv6 host address whose '[' is not closed by ']' (write postgresql://user@[::1]:5432/db)"),
+    ("may not be empty", "has an empty IPv6 host address '[]'"),
+    ("unexpected character", f"has an unexpected character after the host (expected ':' or '/'); {_ENCODE_HINT}"),
+    ("extra key/value separator", "has an '=' inside a query parameter's value: percent-encode it as %3D"),
+    ("missing key/value separator", "has a query parameter without '=' and a value"),
+    ("invalid URI query parameter", "has a query parameter libpq does not know (see the libpq connection parameters)"),
+    ("%00", "contains %00, which is not allowed"),
+    ("percent-encoded", "contains a '%' that does not start a %XX escape: percent-encode a literal '%' as %25"),
+    ("spaces", "contains a space: percent-encode it as %20"),
+)
+
+
+def _check_port(port: str) -> None:
+    for part in port.split(","):
+        if part and not (part.isdigit() and 1 <= int(part) <= 65535):
+            raise ValueError(f"has a port that is not a number from 1 to 65535; {_ENCODE_HINT}")
+
+
+def _check_pg_url(url: str) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        params = conninfo_to_dict(url)  # libpq's own parser: what it refuses here, it would refuse at connect
+    except Exception as exc:  # its message quotes the URL or the token it choked on: never pass it on
+        text = str(exc)
+        reason = next((r for key, r in _LIBPQ_REASONS if key in text), "is not a valid PostgreSQL URL")
+        raise ValueError(reason) from None
+    host = str(params.get("host") or params.get("hostaddr") or "")
+    if not all(h.strip() for h in host.split(",")):
+        # libpq would silently fall back to a local Unix socket (or PGHOST): name the server explicitly.
+        raise ValueError("names no host (libpq would fall back to a local Unix socket): write "
+                         "postgresql://user@host:5432/dbname, or for a Unix socket its directory, "
+                         "postgresql://user@%2Fvar%2Frun%2Fpostgresql/dbname")
+    if "@" in host or "@" in str(params.get("dbname") or ""):
+        raise ValueError(f"has an '@' after the user information, which would make part of the password the host "
+                         f"or the database name; {_ENCODE_HINT}")
+    _check_port(str(params.get("port") or ""))
+
+
+def _check_redis_url(url: str) -> None:
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises on a port that is not a number (its message quotes it: not passed on)
+        host = parts.hostname
+    except ValueError:
+        raise ValueError(f"does not parse as a URL (a broken [IPv6] host or a bad port); {_ENCODE_HINT}") from None
+    if parts.scheme == "unix":
+        if not parts.path or parts.path == "/":
+            raise ValueError("names no socket: write unix:///path/to/redis.sock")
+        return _redis_parse(url)
+    if not host:
+        raise ValueError("names no host: write redis://host:6379/0 (or rediss:// for TLS; unix:///path for a socket)")
+    if port == 0:
+        raise ValueError(f"has a port that is not a number from 1 to 65535; {_ENCODE_HINT}")
+    path = parts.path.strip("/")
+    if path and not path.isdigit():
+        raise ValueError(f"has a path that is not a database number (such as /0); {_ENCODE_HINT}")
+    _redis_parse(url)
+
+
+def _redis_parse(url: str) -> None:
+    """redis-py's own parser (query options such as ``?socket_timeout=``); its message is not passed on."""
+    from redis.connection import parse_url
+
+    try:
+        parse_url(url)
+    except ValueError:
+        raise ValueError("has a query option redis-py refuses (e.g. ?db= or ?socket_timeout= not a number)") from None

@@ -134,9 +134,14 @@ class ConnectionManager:
         self.settings = settings
         self._primary: ConnectionPool | None = None
         self._replicas: list[ConnectionPool] = []
-        self._probe_lock = threading.Lock()
+        # Two locks, never held together: the probe's state (one probe in flight, its last answer) and the
+        # acquisition counters. The probe connects with neither held, so a slow server blocks no one but the
+        # callers that wait for the answer of that very probe.
+        self._probe_lock = threading.Condition(threading.Lock())
         self._probe_at = float("-inf")
         self._probe_result: str | None = None
+        self._probe_running = False
+        self._counters_lock = threading.Lock()
         self._acquires: dict[str, dict[str, float]] = {}
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
@@ -286,7 +291,7 @@ class ConnectionManager:
     def _count_acquire(self, name: str, started: float, *, ok: bool) -> None:
         """One acquisition as the caller saw it (the pool's own counters see each of its waits separately)."""
         waited = (time.monotonic() - started) * 1000
-        with self._probe_lock:
+        with self._counters_lock:
             c = self._acquires.setdefault(name, {"acquisitions": 0, "failed": 0, "wait_ms": 0.0, "max_wait_ms": 0.0})
             c["acquisitions" if ok else "failed"] += 1
             c["wait_ms"] += waited
@@ -294,23 +299,33 @@ class ConnectionManager:
 
     def _primary_down(self) -> str | None:
         """``None`` when the primary accepts connections, else why not. Probes at most once a second (one caller
-        probes, the others take its answer); "too many connections" counts as up: the server is busy, not down."""
+        probes, the others wait for its answer); "too many connections" counts as up: the server is busy, not down.
+
+        The connection attempt is made with no lock held: ``pool_stats()`` and callers that need no probe are never
+        held up by a server that is slow to answer."""
+        connect_timeout = min(2, self.settings.pool.connect_timeout_seconds)
         with self._probe_lock:
-            now = time.monotonic()
-            if now - self._probe_at < 1.0:
+            if self._probe_running:  # another caller is asking the server: take its answer
+                self._probe_lock.wait_for(lambda: not self._probe_running, timeout=connect_timeout + 1.0)
                 return self._probe_result
-            try:
-                psycopg.connect(
-                    self.settings.database_url.get_secret_value(),
-                    **{**connect_kwargs(self.settings), "connect_timeout": min(2, self.settings.pool.connect_timeout_seconds)},
-                ).close()
-                result = None
-            except psycopg.errors.TooManyConnections:
-                result = None
-            except Exception as exc:
-                result = _reason(exc)
-            self._probe_at, self._probe_result = time.monotonic(), result
-            return result
+            if time.monotonic() - self._probe_at < 1.0:
+                return self._probe_result
+            self._probe_running = True
+        result: str | None = None
+        try:
+            psycopg.connect(
+                self.settings.database_url.get_secret_value(),
+                **{**connect_kwargs(self.settings), "connect_timeout": connect_timeout},
+            ).close()
+        except psycopg.errors.TooManyConnections:
+            result = None
+        except Exception as exc:
+            result = _reason(exc)
+        finally:
+            with self._probe_lock:
+                self._probe_at, self._probe_result, self._probe_running = time.monotonic(), result, False
+                self._probe_lock.notify_all()
+        return result
 
     @contextmanager
     def dedicated_connection(
@@ -441,7 +456,7 @@ class ConnectionManager:
             size = s.get("pool_size", 0)
             available = s.get("pool_available", 0)
             requests = s.get("requests_num", 0)
-            with self._probe_lock:
+            with self._counters_lock:
                 mine = dict(self._acquires.get(name, {}))
             asked = mine.get("acquisitions", 0) + mine.get("failed", 0)
             out[name] = {

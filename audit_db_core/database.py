@@ -31,7 +31,14 @@ from audit_db_core.breakers import BreakerRegistry, ErrorPolicy, GuardedConnecti
 from audit_db_core.cache import QueryCache, range_scopes, read_scope, write_scopes
 from audit_db_core.config import AuditSettings, ConsistencyLevel
 from audit_db_core.connections import ConnectionManager, current_lsn, format_lsn, parse_lsn
-from audit_db_core.errors import AuditError, AuditValidationError, ConfigurationError, classify
+from audit_db_core.errors import (
+    AuditError,
+    AuditValidationError,
+    ConfigurationError,
+    classify,
+    scrub_exception,
+    server_message,
+)
 from audit_db_core.events import EVENT_COLUMNS, AuditEvent, DataClassification, EventStatus, StoredAuditEvent
 from audit_db_core.health import HealthReport, build_health_report
 from audit_db_core.interfaces import ErrorHandler, ResultCache
@@ -70,6 +77,8 @@ _MERGE_STAGE = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOT
     _STAGE,
 )
 _CONSISTENCY = get_args(ConsistencyLevel)
+#: Beyond any WAL position a cached result can claim: the generation of a write whose position is unknown.
+_UNKNOWN_LSN = 2**62
 
 
 def _as_event(item: Any, index: int | None) -> AuditEvent:
@@ -350,6 +359,8 @@ class AuditDatabase:
         self._local = threading.local()
         # The commit position of writes is needed to invalidate the cache and to read your own writes.
         self._track_lsn = self.cache.enabled or bool(self.settings.replica_urls)
+        self._bookkeeping_lock = threading.Lock()
+        self._bookkeeping_failures = 0
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -447,7 +458,7 @@ class AuditDatabase:
             with self.connections.connection(operation="invalidate") as conn:
                 lsn = current_lsn(conn)
         except AuditError:
-            lsn = 2**62  # beyond any position a cached result can claim: invalidates for good
+            lsn = _UNKNOWN_LSN
         self.cache.invalidate(range_scopes(bounds.start, bounds.end), lsn)
 
     @staticmethod
@@ -490,16 +501,61 @@ class AuditDatabase:
     def _retrying(self, fn: Callable[[], Any]) -> Any:
         return self.errors.recover(fn)
 
-    def _committed(self, conn: psycopg.Connection[Any], times: Iterable[dt.datetime]) -> None:
+    def _committed(self, conn: psycopg.Connection[Any], times: Iterable[dt.datetime], operation: str) -> None:
         """After a commit on ``conn``: remember its WAL position (read-your-writes) and invalidate the cache here.
         Other processes learn of it from ``cache.publish()``, called once the connection is back in the pool (no
-        Redis round trip while a database connection is held)."""
+        Redis round trip while a database connection is held).
+
+        Never raises: the write is committed, so a failure here must not be reported as a failed write (a retried
+        insert would then even answer "already stored"). It is logged and counted (:attr:`bookkeeping_failures`)."""
         if not self._track_lsn:
             return
-        lsn = _lsn_after_commit(conn)
-        if lsn > getattr(self._local, "lsn", 0):
-            self._local.lsn = lsn
-        self.cache.invalidate(write_scopes(times), lsn, publish=False)
+        try:
+            scopes = write_scopes(times)
+            try:
+                lsn = _lsn_after_commit(conn)
+            except Exception as exc:
+                self._bookkeeping_failed(operation, "reading the commit's WAL position", exc)
+                lsn = self._lsn_after_failure()
+            if lsn > getattr(self._local, "lsn", 0):
+                self._local.lsn = lsn
+            self.cache.invalidate(scopes, lsn, publish=False)
+        except Exception as exc:
+            self._bookkeeping_failed(operation, "invalidating the cache", exc)
+
+    def _lsn_after_failure(self) -> int:
+        """A WAL position at or past a commit whose own position could not be read: the server's current one, read
+        over a connection of its own (the pooled one is held); failing that, one past any position, which
+        invalidates the written scopes for good and sends this thread's read-your-writes reads to the primary."""
+        try:
+            with self.connections.dedicated_connection(operation="invalidate", autocommit=True) as conn:
+                return current_lsn(conn)
+        except Exception:
+            return _UNKNOWN_LSN
+
+    def _publish(self, operation: str) -> None:
+        """``cache.publish()`` after a write, which must not turn that write into a failure (see :meth:`_committed`)."""
+        try:
+            self.cache.publish()
+        except Exception as exc:
+            self._bookkeeping_failed(operation, "publishing the cache invalidation", exc)
+
+    def _bookkeeping_failed(self, operation: str, step: str, exc: BaseException) -> None:
+        scrub_exception(exc)
+        with self._bookkeeping_lock:
+            self._bookkeeping_failures += 1
+        logger.warning(
+            "%s is committed, but %s after the commit failed: %s", operation, step, server_message(exc),
+            extra={"audit": {"operation": operation, "step": step, "error": type(exc).__name__,
+                             "sqlstate": getattr(exc, "sqlstate", None)}},
+        )
+
+    @property
+    def bookkeeping_failures(self) -> int:
+        """How many times the work after a commit (WAL position, cache invalidation, its publication) failed; the
+        writes themselves were committed and reported as such."""
+        with self._bookkeeping_lock:
+            return self._bookkeeping_failures
 
     @property
     def last_write_lsn(self) -> str | None:
@@ -522,13 +578,13 @@ class AuditDatabase:
         def attempt() -> bool:
             with self._primary("insert") as conn:
                 new = _insert_one(conn, self.privacy.protect_one(ev, conn))
-                self._committed(conn, (ev.event_time,))
+                self._committed(conn, (ev.event_time,), "insert")
                 return new
 
         try:
             return self._retrying(attempt)
         finally:
-            self.cache.publish()
+            self._publish("insert")
 
     @_operation("insert_many")
     def insert_many(self, events: Iterable[AuditEvent]) -> int:
@@ -541,9 +597,10 @@ class AuditDatabase:
             with self._primary("insert_many") as conn:
                 events = self.privacy.protect(events, conn)
                 return _insert_many(conn, events, self.settings.ingest.batch_size, commit_each=True,
-                                    on_batch=lambda c, batch: self._committed(c, (e.event_time for e in batch)))
+                                    on_batch=lambda c, batch: self._committed(c, (e.event_time for e in batch),
+                                                                               "insert_many"))
         finally:
-            self.cache.publish()  # also after a failure: batches committed before it must reach other processes
+            self._publish("insert_many")  # also after a failure: batches committed before it must reach others
 
     # -- reads ---------------------------------------------------------------------------------------------------
 
@@ -723,8 +780,8 @@ class AuditDatabase:
                 logger.warning("transaction failed: %s", err.message, extra={"audit": err.to_dict()})
                 raise err from exc
             if tx.written_times:
-                self._committed(conn, tx.written_times)
-        self.cache.publish()
+                self._committed(conn, tx.written_times, "transaction")
+        self._publish("transaction")
 
     # -- health --------------------------------------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import enum
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -43,18 +44,119 @@ class Severity(str, enum.Enum):
     CRITICAL = "critical"
 
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]*)@")
-_KV_PASSWORD = re.compile(r"(?P<key>\bpassword\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# The user-info of a URL up to the *last* ``@`` before its host, so that an un-encoded ``@`` (or ``/``) in the
+# password does not leave the rest of the password behind as if it were the host.
+_URL_PASSWORD = re.compile(
+    r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>\S*?)@(?=[^@\s/?#\"']*(?:[/\s?#\"']|$))"
+)
+_SECRET_KEYS = (
+    "password|passwd|pwd|secret|secret_key|secret_access_key|access_key|session_token|token|api_key|apikey|sig"
+)
+_KV_PASSWORD = re.compile(
+    rf"(?P<key>\b(?:{_SECRET_KEYS})\s*=\s*)(?P<pw>'(?:[^'\\]|\\.)*'|[^\s&]+)", re.IGNORECASE
+)
+# libpq echoes the offending part of a URL that does not parse, which may be (part of) the password.
+_LIBPQ_TOKEN = re.compile(r'(?P<what>invalid percent-encoded token: |unexpected spaces found in )"[^"\n]*"')
+# A server error's DETAIL / CONTEXT / QUERY / LINE lines quote row values (a failing row, a duplicate key, a COPY
+# line): they end at a blank line, another such label, a HINT, or the next part of a traceback.
+_SERVER_DETAIL = re.compile(r"^[ \t]*(?:DETAIL|CONTEXT|QUERY|LOCATION|LINE \d+):")
+_DETAIL_END = re.compile(r"^[ \t]*(?:HINT:|Traceback \(|The above exception|During handling of)|^\s*$")
+# The same labels inside one line (a message whose newlines were folded into spaces): libpq puts two spaces after
+# the label, and everything after it on that line is diagnostic detail.
+_INLINE_DETAIL = re.compile(r"\s+(?:DETAIL|CONTEXT|QUERY):  .*$")
+
+
+def _strip_server_detail(text: str) -> str:
+    if not any(label in text for label in ("DETAIL:", "CONTEXT:", "QUERY:", "LOCATION:", "LINE ")):
+        return text
+    out: list[str] = []
+    skipping = changed = False
+    for line in text.splitlines(keepends=True):
+        if _SERVER_DETAIL.match(line):
+            skipping = changed = True
+            continue
+        if skipping and not _DETAIL_END.match(line):
+            continue
+        skipping = False
+        body = line.rstrip("\r\n")
+        cut = _INLINE_DETAIL.sub("", body)
+        if cut != body:
+            changed = True
+            line = cut + line[len(body):]
+        out.append(line)
+    return "".join(out).rstrip("\n") if changed else text
 
 
 def redact(text: str) -> str:
-    """Mask passwords in URLs (``scheme://user:secret@host``) and ``password=...`` pairs.
+    """Make ``text`` safe to log or show: passwords in URLs (``scheme://user:secret@host``), ``password=...`` and
+    similar credential pairs are masked, and a database server's DETAIL / CONTEXT / QUERY / LINE lines (which
+    quote row values) are removed.
 
     >>> redact("postgresql://app:s3cret@db:5432/audit")
     'postgresql://app:***@db:5432/audit'
+    >>> redact('duplicate key value violates unique constraint "k"\\nDETAIL:  Key (id)=(42) already exists.')
+    'duplicate key value violates unique constraint "k"'
     """
+    text = _strip_server_detail(text)
     text = _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+    text = _LIBPQ_TOKEN.sub(lambda m: f'{m["what"]}"***"', text)
     return _KV_PASSWORD.sub(lambda m: f"{m['key']}***", text)
+
+
+def redact_value(value: Any) -> Any:
+    """A JSON-ready copy of ``value`` (dicts, lists, scalars) with every string passed through :func:`redact`.
+
+    >>> redact_value({"url": "redis://:pw@cache:6379/0", "n": 1})
+    {'url': 'redis://:***@cache:6379/0', 'n': 1}
+    """
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {str(k): redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [redact_value(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return redact(str(value))
+
+
+def _is_driver_error(exc: BaseException) -> bool:
+    """A psycopg error — without importing psycopg: where it was never imported, no error can be one (the
+    offline integrity model imports this module with no driver at all)."""
+    driver = sys.modules.get("psycopg")
+    return driver is not None and isinstance(exc, driver.Error)
+
+
+def server_message(exc: BaseException) -> str:
+    """What may be shown of ``exc``: for a database server error its primary message (and hint) only — never the
+    DETAIL or CONTEXT lines, which quote row values — with the quoted input of a data error (SQLSTATE class 22,
+    e.g. ``invalid input syntax for type uuid: "…"``) masked; for anything else its text, redacted.
+
+    >>> server_message(ValueError("connect to postgresql://u:pw@h/db failed"))
+    'connect to postgresql://u:***@h/db failed'
+    """
+    diag = getattr(exc, "diag", None) if _is_driver_error(exc) else None
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if not primary:
+        text = redact(str(exc)).strip()
+        return text or type(exc).__name__
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    if sqlstate.startswith("22"):  # data exceptions quote the value that was refused
+        primary = re.sub(r'"[^"]*"', '"…"', primary)
+    hint = getattr(diag, "message_hint", None)
+    return redact(f"{primary} (hint: {hint})" if hint else primary)
+
+
+def scrub_exception(exc: BaseException | None) -> None:
+    """Cut the DETAIL / CONTEXT lines out of the database errors in ``exc``'s chain (``__cause__`` and
+    ``__context__``), in place, so that a traceback printed by anyone — a log handler, Dagster, pytest — shows
+    only their primary message. Their ``diag`` keeps every field for code that needs it."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if _is_driver_error(exc) and getattr(exc.diag, "message_primary", None):
+            exc.args = (server_message(exc),)
+        exc = exc.__cause__ if exc.__cause__ is not None else exc.__context__
 
 
 class AuditError(Exception):
@@ -106,7 +208,7 @@ class AuditError(Exception):
             "severity": self.severity.value,
             "retryable": self.retryable,
             "message": self.message,
-            "context": {k: str(v) for k, v in self.context.items()},
+            "context": {k: redact(str(v)) for k, v in self.context.items()},
         }
 
     def __str__(self) -> str:
@@ -279,10 +381,11 @@ def classify(exc: BaseException, *, operation: str | None = None, **context: Any
     import psycopg.errors  # here, not at the top: the errors (and the offline integrity model) need no driver
 
     diag = getattr(exc, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
     hint = getattr(diag, "message_hint", None) if diag is not None else None
-    # The server's primary message (and hint), not the CONTEXT/DETAIL lines, which may carry row values.
-    message = (f"{primary} (hint: {hint})" if hint else primary) if primary else (str(exc).strip() or type(exc).__name__)
+    # The server's primary message (and hint), not the DETAIL/CONTEXT lines, which may carry row values; the
+    # driver's exception, kept as the cause, is cut down the same way (tracebacks print it).
+    message = server_message(exc)
+    scrub_exception(exc)
     sqlstate = getattr(exc, "sqlstate", None)
     if sqlstate:
         context.setdefault("sqlstate", sqlstate)

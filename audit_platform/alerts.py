@@ -44,7 +44,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import dagster as dg
-from audit_db_core.errors import redact
+from audit_db_core.errors import redact, redact_value
 
 logger = logging.getLogger("audit_platform.alerts")
 
@@ -73,24 +73,12 @@ def _one_line(text: str) -> str:
     return ""
 
 
-def _clean(value: Any) -> Any:
-    """A JSON-ready copy of ``value`` with every string redacted (DSN passwords masked)."""
-    if isinstance(value, str):
-        return redact(value)
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [_clean(v) for v in value]
-    if value is None or isinstance(value, (bool, int, float)):
-        return value
-    return redact(str(value))
-
-
 @dataclass(frozen=True)
 class Alert:
     """One thing an operator must look at.
 
-    ``error`` is redacted and cut to :data:`MAX_ERROR_CHARS`; ``details`` values are redacted too. ``job_name``
+    ``error`` is redacted (passwords masked; a database error's DETAIL / CONTEXT lines, which quote row values,
+    removed) and cut to :data:`MAX_ERROR_CHARS`; ``details`` values are redacted too. ``job_name``
     and ``run_id`` are ``None`` for alerts that are not about a run (e.g. rows in the DEFAULT partition).
     """
 
@@ -108,7 +96,7 @@ class Alert:
             raise ValueError(f"alert severity must be 'error' or 'warning', not {self.severity!r}")
         object.__setattr__(self, "title", _truncate(redact(self.title), 300))
         object.__setattr__(self, "error", _truncate(redact(self.error or "").strip(), MAX_ERROR_CHARS))
-        object.__setattr__(self, "details", _clean(dict(self.details)))
+        object.__setattr__(self, "details", redact_value(dict(self.details)))
 
     @property
     def text(self) -> str:
