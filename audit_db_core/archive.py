@@ -293,7 +293,11 @@ def public_uri(uri: str) -> str:
 class ArchiveStore:
     """Archives of partitions under one root URI; see the module documentation for the layout."""
 
-    def __init__(self, root_uri: str, *, rows_per_file: int = 1_000_000, batch_rows: int = 50_000) -> None:
+    def __init__(self, root_uri: str, *, rows_per_file: int = 1_000_000, batch_rows: int = 50_000,
+                 deployment_id: str | uuid.UUID | None = None) -> None:
+        """``deployment_id``: the audit database's identity. Archives then live under ``<root>/<deployment id>/``
+        and their manifests name it, so databases sharing one root never touch each other's archives, and a
+        manifest of another deployment is refused. :meth:`PartitionManager.archive_store` always passes it."""
         if rows_per_file < 1:
             raise ArchiveError("rows_per_file must be >= 1", operation="archive_store")
         if batch_rows < 1:
@@ -302,6 +306,11 @@ class ArchiveStore:
         self._batch_rows = batch_rows
         self._fs: pafs.FileSystem | None = None
         self._base = ""
+        try:
+            self.deployment_id = str(uuid.UUID(str(deployment_id))) if deployment_id is not None else None
+        except ValueError:
+            raise ArchiveError("deployment_id must be a UUID", operation="archive_store") from None
+        self._ns = (self.deployment_id,) if self.deployment_id else ()
         if root_uri.startswith("/"):
             path = posixpath.normpath(root_uri)
             self._fs, self._base = pafs.LocalFileSystem(), path
@@ -321,7 +330,8 @@ class ArchiveStore:
         self._display_root = public_uri(self._root_uri)
 
     def __repr__(self) -> str:
-        return f"ArchiveStore({self._display_root!r}, rows_per_file={self._rows_per_file})"
+        return (f"ArchiveStore({self._display_root!r}, deployment_id={self.deployment_id!r}, "
+                f"rows_per_file={self._rows_per_file})")
 
     # -- locations ------------------------------------------------------------------------------------------------
 
@@ -335,12 +345,13 @@ class ArchiveStore:
         return self._display_root
 
     def manifest_uri(self, partition: str) -> str:
-        """``<root>/<partition>/manifest.json`` without credentials — stored in the registry and the ledger."""
+        """``<root>/<deployment id>/<partition>/manifest.json`` without credentials — stored in the registry and
+        the ledger."""
         _check_partition(partition)
         return self._display(partition, MANIFEST_NAME)
 
     def _display(self, *parts: str) -> str:
-        return public_uri("/".join((self._uri_path, *parts)))
+        return public_uri("/".join((self._uri_path, *self._ns, *parts)))
 
     def _filesystem(self) -> pafs.FileSystem:
         if self._fs is None:  # opened lazily: resolving a cloud root may need the network
@@ -353,8 +364,9 @@ class ArchiveStore:
         return self._fs
 
     def _path(self, *parts: str) -> str:
+        """A path under this deployment's directory of the root."""
         self._filesystem()
-        return posixpath.join(self._base, *parts)
+        return posixpath.join(self._base, *self._ns, *parts)
 
     # -- simple operations ----------------------------------------------------------------------------------------
 
@@ -364,7 +376,7 @@ class ArchiveStore:
         probe = self._path(f".probe-{uuid.uuid4().hex}")
         payload = uuid.uuid4().bytes
         try:
-            _make_dirs(fs, self._base)
+            _make_dirs(fs, self._path())
             with fs.open_output_stream(probe) as out:
                 out.write(payload)
             with fs.open_input_stream(probe) as inp:
@@ -383,6 +395,7 @@ class ArchiveStore:
         path = self._path(partition, MANIFEST_NAME)
         try:
             if fs.get_file_info(path).type == pafs.FileType.NotFound:
+                self._refuse_unmoved(partition)
                 return None
             with fs.open_input_stream(path) as inp:
                 data = inp.read()
@@ -399,7 +412,29 @@ class ArchiveStore:
                 f"{self._display(partition, MANIFEST_NAME)}: names partition {manifest.partition}, not {partition}",
                 operation="read_manifest", partition=partition,
             )
+        foreign = self._foreign(manifest)
+        if foreign:
+            raise ArchiveError(f"{self._display(partition, MANIFEST_NAME)}: {foreign}", operation="read_manifest",
+                               partition=partition)
         return manifest
+
+    def _foreign(self, manifest: ArchiveManifest) -> str | None:
+        """Why ``manifest`` is not this deployment's, or None (a format 1 manifest names no deployment)."""
+        if self.deployment_id and manifest.deployment_id and manifest.deployment_id != self.deployment_id:
+            return (f"the manifest belongs to deployment {manifest.deployment_id}, not to this database's "
+                    f"({self.deployment_id}): an archive of another deployment is never read, verified or deleted")
+        return None
+
+    def _refuse_unmoved(self, partition: str) -> None:
+        """An archive written before deployment identities (``<root>/<partition>/``) is not silently missing."""
+        if not self._ns:
+            return
+        legacy = posixpath.join(self._base, partition, MANIFEST_NAME)
+        if self._filesystem().get_file_info(legacy).type == pafs.FileType.File:
+            raise ArchiveError(
+                f"{public_uri('/'.join((self._uri_path, partition)))}: an archive without a deployment directory "
+                f"(written before deployment identities): move it to {self._display(partition)}",
+                operation="read_manifest", partition=partition)
 
     def delete(self, partition: str) -> bool:
         """Remove the partition's archive (manifest first, so a crash midway leaves no archive); False if none."""
@@ -565,7 +600,7 @@ class ArchiveStore:
                 sha, size = self._hash_file(posixpath.join(directory, name))
                 files.append(ArchiveFile(name, count, size, sha))
             manifest = ArchiveManifest(
-                format_version=ARCHIVE_FORMAT_VERSION,
+                format_version=ARCHIVE_FORMAT_VERSION if self.deployment_id else 1,
                 partition=partition,
                 range_start=start,
                 range_end=end,
@@ -577,6 +612,7 @@ class ArchiveStore:
                 schema_version=SCHEMA_VERSION,
                 created_at=dt.datetime.now(dt.UTC),
                 compression=COMPRESSION,
+                deployment_id=self.deployment_id,
             )
             tmp = manifest_path + ".tmp"
             with fs.open_output_stream(tmp) as out:
@@ -633,13 +669,18 @@ class ArchiveStore:
         """Re-read every file of the archive and compare it with the manifest (and with the database side when
         ``expected_rows`` / ``expected_digest`` are given). Never raises for a bad archive: lists the problems."""
         problems: list[str] = []
-        if manifest.format_version != ARCHIVE_FORMAT_VERSION:
+        if not 1 <= manifest.format_version <= ARCHIVE_FORMAT_VERSION:
             problems.append(f"manifest: format_version {manifest.format_version} is not supported "
-                            f"(this library reads {ARCHIVE_FORMAT_VERSION})")
+                            f"(this library reads 1 to {ARCHIVE_FORMAT_VERSION})")
+        elif (manifest.format_version >= 2) != (manifest.deployment_id is not None):
+            problems.append("manifest: deployment_id must be set from format_version 2 on, and only then")
         if not _PARTITION_NAME.match(manifest.partition):  # no directory to read: nothing more can be checked
             problems.append(f"manifest: partition {manifest.partition!r} is not a valid partition name")
             return VerificationResult(False, tuple(problems), 0, None)
         problems += _manifest_problems(manifest)
+        foreign = self._foreign(manifest)
+        if foreign:
+            return VerificationResult(False, (*problems, f"manifest: {foreign}"), 0, None)
         present = self._listed_files(manifest, problems)
         scan = self._scan_files(manifest, present, problems)
         if scan.digest is not None:

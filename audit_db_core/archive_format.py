@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import json
 import re
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,9 @@ import pyarrow as pa
 from audit_db_core.errors import ArchiveError
 from audit_db_core.events import STORED_COLUMNS, format_time
 
-ARCHIVE_FORMAT_VERSION = 1
+#: 2 adds ``deployment_id``: the identity of the audit database an archive belongs to (format 1 archives, written
+#: before identities existed, have none).
+ARCHIVE_FORMAT_VERSION = 2
 COMPRESSION = "zstd"
 MANIFEST_NAME = "manifest.json"
 
@@ -100,6 +103,8 @@ class ArchiveManifest:
     schema_version: int
     created_at: dt.datetime
     compression: str
+    #: The deployment identity (``AuditDatabase.deployment_id``) the archive belongs to; None in format 1.
+    deployment_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready values: UTC times as ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
@@ -116,6 +121,7 @@ class ArchiveManifest:
             "schema_version": self.schema_version,
             "created_at": format_time(self.created_at),
             "compression": self.compression,
+            **({"deployment_id": self.deployment_id} if self.deployment_id is not None else {}),
         }
 
     def to_json(self) -> bytes:
@@ -126,11 +132,7 @@ class ArchiveManifest:
     def from_json(cls, data: bytes | str) -> ArchiveManifest:
         """Parse a manifest; malformed input raises :class:`ArchiveError` naming the field."""
         obj = _manifest_object(data)
-        version = _int_field(obj, "format_version", minimum=1)
-        if version > ARCHIVE_FORMAT_VERSION:
-            raise _malformed(
-                "format_version", f"{version} is newer than this library reads ({ARCHIVE_FORMAT_VERSION})"
-            )
+        version = obj["format_version"]
         partition = _str_field(obj, "partition")
         if not _PARTITION_NAME.match(partition):
             raise _malformed("partition", "is not a valid partition name")
@@ -155,6 +157,7 @@ class ArchiveManifest:
             schema_version=_int_field(obj, "schema_version", minimum=0),
             created_at=_time_field(obj, "created_at"),  # type: ignore[arg-type]
             compression=_str_field(obj, "compression"),
+            deployment_id=_deployment_field(obj) if version >= 2 else None,
         )
 
     @property
@@ -181,15 +184,27 @@ _MANIFEST_FIELDS = frozenset({
 })
 
 
+def _deployment_field(obj: dict[str, Any]) -> str:
+    value = _str_field(obj, "deployment_id")
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise _malformed("deployment_id", "is not a UUID") from None
+
+
 def _manifest_object(data: bytes | str) -> dict[str, Any]:
-    """The manifest's JSON object, holding exactly the manifest fields."""
+    """The manifest's JSON object, holding exactly the fields of its format version."""
     try:
         obj = json.loads(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _malformed("manifest", f"is not valid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise _malformed("manifest", f"must be a JSON object, not {type(obj).__name__}")
-    missing, unknown = sorted(_MANIFEST_FIELDS - obj.keys()), sorted(obj.keys() - _MANIFEST_FIELDS)
+    version = _int_field(obj, "format_version", minimum=1)
+    if version > ARCHIVE_FORMAT_VERSION:
+        raise _malformed("format_version", f"{version} is newer than this library reads ({ARCHIVE_FORMAT_VERSION})")
+    fields = _MANIFEST_FIELDS | ({"deployment_id"} if version >= 2 else set())
+    missing, unknown = sorted(fields - obj.keys()), sorted(obj.keys() - fields)
     if missing:
         raise _malformed(missing[0], "is missing")
     if unknown:

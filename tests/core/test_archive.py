@@ -102,7 +102,7 @@ def test_export_and_verify_round_trip(db: AuditDatabase, fresh_database: str, tm
     assert (manifest.min_event_time, manifest.max_event_time) == (first, last)
     assert first is not None and MAY <= first <= last < JUNE
     assert (manifest.range_start, manifest.range_end) == (MAY, JUNE)
-    assert manifest.partition == P_MAY and manifest.format_version == ARCHIVE_FORMAT_VERSION
+    assert manifest.partition == P_MAY and manifest.format_version == 1  # a store given no deployment identity writes format 1
     assert manifest.schema_version == SCHEMA_VERSION and manifest.compression == "zstd"
     assert seen == [300, 600, 900, 1200, 1500, 1800, 2000]
 

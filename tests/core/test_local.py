@@ -15,13 +15,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-import psutil
 import psycopg
 import psycopg.errors
 import pytest
-
-pytest.importorskip("psutil", reason="the local servers need the 'local' extra")
 import redis
+
+psutil = pytest.importorskip("psutil", reason="the local servers need the 'local' extra")
 
 from audit_local.servers import LocalEndpoints, LocalServerError, LocalServers
 
