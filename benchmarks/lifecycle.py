@@ -78,6 +78,7 @@ import threading
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -727,14 +728,36 @@ def warm_up_pyarrow() -> None:
     pq.ParquetFile(pa.BufferReader(sink.getvalue())).read()
 
 
+class _OwnMemory:
+    """This process's resident set size: from /proc on Linux (no dependency, so the benchmark runs with the core
+    alone), else through psutil."""
+
+    def __init__(self) -> None:
+        self._page = os.sysconf("SC_PAGE_SIZE")
+        self._proc: Any = None
+        if not os.path.exists("/proc/self/statm"):
+            import psutil
+
+            self._proc = psutil.Process()
+
+    def memory_info(self) -> Any:
+        if self._proc is not None:
+            return self._proc.memory_info()
+        with open("/proc/self/statm") as f:
+            return _Rss(int(f.read().split()[1]) * self._page)
+
+
+@dataclass(frozen=True)
+class _Rss:
+    rss: int
+
+
 def archive_worker(url: str, root_uri: str, period: str) -> dict[str, Any]:
     """Runs in a fresh spawned process: ``PartitionManager.archive(period)`` with this process's RSS sampled."""
-    import psutil
-
     import audit_db_core.archive  # noqa: F401 - archive() imports it (and pyarrow) lazily: not part of the export
 
     try:
-        proc = psutil.Process()
+        proc = _OwnMemory()
         rss_after_imports = proc.memory_info().rss
         with AuditDatabase(bench_settings(url, root_uri)) as db:
             pm = db.partitions
