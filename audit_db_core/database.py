@@ -337,7 +337,8 @@ class AuditDatabase:
         self.breakers = BreakerRegistry(self.settings.breakers, on_change=self._breaker_changed)
         self._deployment_id: uuid.UUID | None = None
         self._deployment_lock = threading.Lock()
-        self.cache = QueryCache(self.settings, schema_version=SCHEMA_VERSION, breakers=self.breakers)
+        self.cache = QueryCache(self.settings, schema_version=SCHEMA_VERSION, breakers=self.breakers,
+                                identity=lambda: self.deployment_id)
         self.router = ReplicaRouter(self.settings, self.connections, self.breakers)
         r = self.settings.retry
         self.retry_policy = RetryPolicy(r.max_attempts, r.base_delay_seconds, r.max_delay_seconds)
