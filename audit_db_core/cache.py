@@ -257,6 +257,21 @@ def _inflate(blob: bytes, limit: int) -> bytes:
     return out
 
 
+_MEMO_ENTRIES = 4096
+
+
+def _memoized(memo: dict[Any, Any], key: Any, compute: Callable[[], Any]) -> Any:
+    """``memo[key]``, computed on a miss; the memo is emptied when full (bounded memory, no LRU bookkeeping).
+    Only results are kept: a computation that raises (a value refused) is never remembered."""
+    found = memo.get(key)
+    if found is None:
+        found = compute()
+        if len(memo) >= _MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = found
+    return found
+
+
 @dataclass(frozen=True)
 class _Namespace:
     """Where one deployment's cache lives in Redis (known once the deployment identity is)."""
@@ -452,6 +467,7 @@ class QueryCache:
         #: Why L2 is off although Redis is configured (``None``: it is not off for that reason).
         self.l2_off_reason: str | None = (
             "AUDIT_CACHE__KEY is not set" if settings.redis_url is not None and key is None else None)
+        self._off_logged = False
         self._breaker: CircuitBreaker | None = (breakers or BreakerRegistry(settings.breakers)).get("redis") \
             if self.redis_configured else None
         self._identity = identity if identity is not None else functools.partial(_read_identity, settings)
@@ -463,6 +479,9 @@ class QueryCache:
         self._ns_warned = False
         self._gens: dict[str, int] = {}
         self._gens_lock = threading.Lock()
+        # Hot L2 reads meet the same counters and keys again and again: their HMACs are computed once.
+        self._verified: dict[tuple[str, Any], int] = {}
+        self._l2_keys: dict[str, str] = {}
         self._pending: dict[str, int] = {}  # bumps Redis has not received yet (it was down)
         self._redis: Any = None
         self._bump: Any = None
@@ -497,7 +516,8 @@ class QueryCache:
         return ns.deployment_id if ns is not None else None
 
     def open(self) -> QueryCache:
-        if self.enabled and self.l2_off_reason is not None:
+        if self.enabled and self.l2_off_reason is not None and not self._off_logged:
+            self._off_logged = True
             logger.warning("L2 cache off: %s (AUDIT_REDIS_URL is set; the cache runs in process only)",
                            self.l2_off_reason)
         if not self.enabled or not self.redis_configured or self._redis is not None:
@@ -599,9 +619,10 @@ class QueryCache:
         return self._l2_key(ns, key) if ns is not None else None
 
     def _l2_key(self, ns: _Namespace, key: str) -> str:
-        assert self._seal is not None
-        query_type = key.partition(":")[0]
-        return f"{ns.base}:{query_type}:{self._seal.digest('key', ns.base, key)}"
+        seal = self._seal
+        assert seal is not None
+        return _memoized(self._l2_keys, key,
+                         lambda: f"{ns.base}:{key.partition(':')[0]}:{seal.digest('key', ns.base, key)}")
 
     # -- generations -----------------------------------------------------------------------------------------------
 
@@ -780,8 +801,10 @@ class QueryCache:
     def _remote_generations(self, ns: _Namespace, scope: tuple[str, ...], values: list[Any]) -> dict[str, int]:
         """The authenticated counters of ``scope`` from Redis (absent = 0), merged into this process's view. One
         that fails its tag refuses the read: it may hide a genuine, higher counter."""
-        assert self._seal is not None
-        remote = {s: self._seal.read_generation(ns.gen_key, s, v) for s, v in zip(scope, values) if v is not None}
+        seal = self._seal
+        assert seal is not None
+        remote = {s: _memoized(self._verified, (s, v), lambda: seal.read_generation(ns.gen_key, s, v))
+                  for s, v in zip(scope, values) if v is not None}
         self._merge(remote)
         return remote
 

@@ -29,7 +29,6 @@ import pytest
 from psycopg import sql
 
 from audit_db_core import AuditDatabase, AuditSettings
-from audit_db_core.deployment import new_deployment_id
 from audit_db_core.migrate import migrate
 
 
@@ -100,8 +99,10 @@ def scratch_database(server_url: str, prefix: str, template: str | None = None) 
     try:
         url = with_dbname(server_url, name)
         if template is not None:
+            # The clone stands in for a freshly migrated database, whose migration drew an identity of its own and
+            # recorded nothing: a plain UPDATE, not new_deployment_id (which also writes a ledger entry).
             with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
-                new_deployment_id(conn)
+                conn.execute("UPDATE audit_deployment SET deployment_id = gen_random_uuid()")
         yield url
     finally:
         with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
