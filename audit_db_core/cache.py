@@ -1,8 +1,33 @@
-"""Two-tier query cache: L1 in process (LRU + TTL + byte bound), L2 in Redis (compressed JSON, never pickle).
+"""Two-tier query cache: L1 in process (LRU + TTL + byte bound), L2 in Redis (compressed JSON, never pickle,
+encrypted and authenticated).
 
-Keys follow ``{prefix}:{database}:{schema_version}:{query_type}:{sha256(normalized query)}:{sha256(params)}``
-(``prefix`` is ``AUDIT_CACHE__KEY_PREFIX``, ``audit-db`` by default; ``database`` the primary's database name, so
-several audit databases can share one Redis without ever sharing an entry).
+Keys: a query's cache key is ``{query_type}:{sha256(normalized query)}:{sha256(params)}`` (L1 uses it as is); in
+Redis it is ``{prefix}:{deployment_id}:{database}:{schema_version}:{query_type}:{HMAC(key)}`` (``prefix`` is
+``AUDIT_CACHE__KEY_PREFIX``, ``audit-db`` by default; ``deployment_id`` the database's identity, see
+:mod:`audit_db_core.deployment`; ``database`` the primary's database name). Two servers whose databases have the same
+name can share one Redis and never share an entry; so can the generation counters, the invalidation channel and the
+published breaker states, all under ``{prefix}:{deployment_id}:``. The identity is read from the database on the
+first L2 use; until it is known, L2 is bypassed (L1 works as usual).
+
+**Redis is not trusted.** Whoever can write to it must not be able to put rows into query results, alter or
+replay them beyond a bound, nor read them (query results may hold PHI). With ``AUDIT_CACHE__KEY`` (32 bytes):
+
+- every L2 value is sealed with AES-256-GCM: ``header ‖ nonce ‖ ciphertext+tag``, the header (format, creation
+  time, TTL) and the full Redis key as associated data, so a value cannot be read, altered, or moved to another key,
+  query or deployment; a value older than its TTL is refused (a replayed copy is served for at most its TTL);
+- the generation counters kept in Redis are ``lsn:tag`` and the invalidation messages and breaker states carry a
+  tag, HMAC-SHA256 (128 bits) under a key derived from the cache key (HKDF), bound to the Redis key or channel: a
+  forged counter can only cause misses, never a stale hit (a counter that fails its tag fails the read closed, and
+  the next genuine write repairs it);
+- the query part of a Redis key is an HMAC of the query's key, so a reader of Redis cannot confirm a guessed filter
+  (a patient's id) by hashing it;
+- whatever fails (authentication, size, decoding, age) is a miss: counted (``l2_rejected``), logged at WARNING
+  (the first time, then at most every five minutes, never with the value or key material), never raised, never
+  returned. Decompression stops at ``AUDIT_CACHE__MAX_VALUE_BYTES``.
+
+Without the key (a Redis URL but no ``AUDIT_CACHE__KEY``) L2 stays off, said once at start-up. What remains possible
+for a writer to Redis — rolling a counter back to a genuine older value, replaying a genuine value within its TTL,
+deleting or flooding keys, reading sizes and timings — is listed in docs/guides/security.md.
 
 **Invalidation.** Audit rows are append-only, so a cached result stays true until a write lands in the time range
 it covers. Time is cut into *scopes*: UTC days, UTC months, and ``*`` (everything). A write bumps the generation of
@@ -23,7 +48,7 @@ Example::
     cache.open()
     key = cache.key("page", {"principal_id": "u1"}, {"limit": 10})
     hit = cache.get(key, scope)               # a CacheHit (value, tier) or None
-    cache.set(key, value, scope=scope, as_of=lsn, seen=seen, encode=to_json)
+    cache.set(key, value, scope=scope, limits=limits, closed=True, encode=to_json)
     cache.stats()["hit_ratio"]
 """
 
@@ -32,17 +57,25 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
+import hmac
 import json
 import logging
 import os
 import socket
+import struct
 import threading
 import time
+import uuid
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from audit_db_core.breakers import BreakerRegistry, CircuitBreaker
 from audit_db_core.config import AuditSettings
@@ -54,18 +87,48 @@ ALL = "*"
 #: Queries over more days than this are scoped by month; over more months than ``_MAX_MONTHS``, by ``*``.
 _MAX_DAYS = 62
 _MAX_MONTHS = 240
-_FORMAT = 1
+#: Format of an L2 value (the first byte of its header); 1 was plain zlib JSON, before values were sealed.
+_FORMAT = 2
+_HEADER = struct.Struct(">BQQ")  # format, created (ms since the Unix epoch), TTL (ms)
+_NONCE_BYTES = 12
+_GCM_TAG_BYTES = 16
+_SEAL_OVERHEAD = _HEADER.size + _NONCE_BYTES + _GCM_TAG_BYTES
+_TAG_HEX = 32  # HMAC-SHA256 truncated to 128 bits, as hex
+#: Clocks of processes sharing a Redis may differ this much (ms): a value "from the future" beyond it is refused,
+#: and one read up to this long after its TTL is a plain miss rather than a suspected replay.
+_CLOCK_TOLERANCE_MS = 1000
+_BREAKER_TTL_S = 120
+_REJECT_LOG_INTERVAL_S = 300.0
+_IDENTITY_RETRY_S = 1.0
 
+# Keeps each scope's highest generation. Values are "lsn:tag"; the comparison reads the lsn. Returns the scopes it
+# did not move because Redis holds a higher value ({scope, value, ...}): the caller checks that value's tag.
 _BUMP = """
-local changed = {}
+local function lsn(v)
+  if not v then return 0 end
+  return tonumber(string.match(v, '^(%d+):') or '0')
+end
+local higher = {}
 for i = 1, #ARGV - 1, 2 do
-  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if current < tonumber(ARGV[i + 1]) then
+  local current = redis.call('HGET', KEYS[1], ARGV[i])
+  if lsn(current) < lsn(ARGV[i + 1]) then
     redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  elseif current and current ~= ARGV[i + 1] then
+    table.insert(higher, ARGV[i])
+    table.insert(higher, current)
   end
 end
 redis.call('PUBLISH', KEYS[2], ARGV[#ARGV])
-return 1
+return higher
+"""
+
+# Replaces a counter whose tag failed with a genuine value, unless it changed meanwhile.
+_REPAIR = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  return 1
+end
+return 0
 """
 
 
@@ -78,6 +141,147 @@ def _database_name(settings: AuditSettings) -> str:
     except Exception:
         name = None
     return str(name or "default").replace(":", "_")
+
+
+def _read_identity(settings: AuditSettings) -> uuid.UUID:
+    """The deployment identity, on a connection of its own (a cache used without an ``AuditDatabase``)."""
+    import psycopg
+
+    from audit_db_core.deployment import read_deployment_id
+    from audit_db_core.errors import classify
+
+    try:
+        with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True,
+                             connect_timeout=settings.pool.connect_timeout_seconds) as conn:
+            return read_deployment_id(conn)
+    except psycopg.Error as exc:
+        raise classify(exc, operation="deployment_id") from None
+
+
+class _Refused(Exception):
+    """A value from Redis that must not be used; ``reason`` says why, without the value."""
+
+    def __init__(self, reason: str, *, suspicious: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.suspicious = suspicious  # False: an honest miss (e.g. just expired), not counted as rejected
+
+
+class CacheSeal:
+    """Seals what the cache keeps in Redis, with keys derived (HKDF-SHA256) from ``AUDIT_CACHE__KEY``.
+
+    Values: AES-256-GCM, the header and the Redis key as associated data. Counters, messages and breaker states:
+    HMAC-SHA256 truncated to 128 bits, over a purpose, the Redis key (or channel) and the data.
+
+    Example::
+
+        seal = CacheSeal(settings.cache.key_bytes)
+        blob = seal.seal("k", b"...", created_ms=now_ms, ttl_ms=60_000)
+        seal.unseal("k", blob)            # (b"...", created_ms, ttl_ms); another key or a changed byte: refused
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 32:
+            raise ValueError("the cache key must be 32 bytes")
+        self._aead = AESGCM(self._derive(key, b"values"))
+        self._mac_key = self._derive(key, b"control")
+
+    @staticmethod
+    def _derive(key: bytes, purpose: bytes) -> bytes:
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                    info=b"audit_db_core cache v2 " + purpose).derive(key)
+
+    def seal(self, redis_key: str, plaintext: bytes, *, created_ms: int, ttl_ms: int) -> bytes:
+        header = _HEADER.pack(_FORMAT, created_ms, ttl_ms)
+        nonce = os.urandom(_NONCE_BYTES)  # random 96-bit nonces: safe far beyond any cache's number of writes
+        return header + nonce + self._aead.encrypt(nonce, plaintext, header + redis_key.encode())
+
+    def unseal(self, redis_key: str, blob: bytes) -> tuple[bytes, int, int]:
+        """``(plaintext, created_ms, ttl_ms)``; raises :class:`_Refused` unless ``blob`` was sealed for this key."""
+        if len(blob) < _SEAL_OVERHEAD:
+            raise _Refused("not a sealed value")
+        header = blob[:_HEADER.size]
+        version, created_ms, ttl_ms = _HEADER.unpack(header)
+        if version != _FORMAT:
+            raise _Refused("not a sealed value of this format")
+        nonce = blob[_HEADER.size:_HEADER.size + _NONCE_BYTES]
+        try:
+            plaintext = self._aead.decrypt(nonce, blob[_HEADER.size + _NONCE_BYTES:], header + redis_key.encode())
+        except InvalidTag:
+            raise _Refused("failed authentication (another key, another Redis key, or altered)") from None
+        return plaintext, created_ms, ttl_ms
+
+    def digest(self, purpose: str, where: str, data: str) -> str:
+        """HMAC-SHA256 (hex) of ``data`` for ``purpose`` at ``where``."""
+        msg = b"\x00".join((purpose.encode(), where.encode(), data.encode()))
+        return hmac.new(self._mac_key, msg, hashlib.sha256).hexdigest()
+
+    def tag(self, purpose: str, where: str, data: str) -> str:
+        return self.digest(purpose, where, data)[:_TAG_HEX]
+
+    def sign(self, purpose: str, where: str, data: str) -> str:
+        """``tag.data``: ``data`` with its tag, for ``where`` (a Redis key or channel)."""
+        return f"{self.tag(purpose, where, data)}.{data}"
+
+    def verify(self, purpose: str, where: str, signed: bytes | str) -> str:
+        """The data of a :meth:`sign` output; raises :class:`_Refused` when its tag does not match."""
+        text = signed.decode("utf-8", "replace") if isinstance(signed, bytes) else str(signed)
+        tag, sep, data = text.partition(".")
+        if not sep or not hmac.compare_digest(tag, self.tag(purpose, where, data)):
+            raise _Refused(f"{purpose} failed authentication")
+        return data
+
+    def generation(self, gen_key: str, scope: str, lsn: int) -> str:
+        """A counter as stored in Redis: ``lsn:tag``."""
+        return f"{lsn}:{self.tag('gen', gen_key, f'{scope}={lsn}')}"
+
+    def read_generation(self, gen_key: str, scope: str, value: bytes | str) -> int:
+        text = value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+        lsn, sep, tag = text.partition(":")
+        if not sep or not lsn.isdigit() or not hmac.compare_digest(tag, self.tag("gen", gen_key, f"{scope}={lsn}")):
+            raise _Refused("generation counter failed authentication")
+        return int(lsn)
+
+
+def _inflate(blob: bytes, limit: int) -> bytes:
+    """Decompress at most ``limit`` bytes: a larger (or endless) stream is refused, never inflated."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(blob, limit)
+    except zlib.error:
+        raise _Refused("undecodable (not zlib)") from None
+    if inflater.unconsumed_tail:
+        raise _Refused(f"larger than AUDIT_CACHE__MAX_VALUE_BYTES ({limit}) once decompressed")
+    if not inflater.eof or inflater.unused_data:
+        raise _Refused("undecodable (truncated or trailing data)")
+    return out
+
+
+_MEMO_ENTRIES = 4096
+
+
+def _memoized(memo: dict[Any, Any], key: Any, compute: Callable[[], Any]) -> Any:
+    """``memo[key]``, computed on a miss; the memo is emptied when full (bounded memory, no LRU bookkeeping).
+    Only results are kept: a computation that raises (a value refused) is never remembered."""
+    found = memo.get(key)
+    if found is None:
+        found = compute()
+        if len(memo) >= _MEMO_ENTRIES:
+            memo.clear()
+        memo[key] = found
+    return found
+
+
+@dataclass(frozen=True)
+class _Namespace:
+    """Where one deployment's cache lives in Redis (known once the deployment identity is)."""
+
+    deployment_id: uuid.UUID
+    base: str  # {prefix}:{deployment_id}:{database}:{schema_version}
+    gen_key: str
+    channel: str
+    breakers: str  # {prefix}:{deployment_id}:breaker:
+    breaker_key: str
 
 
 # -- scopes ----------------------------------------------------------------------------------------------------------
@@ -237,7 +441,11 @@ class CacheHit:
 
 
 class QueryCache:
-    """L1 + L2 cache of query results with generation-based invalidation (see the module docstring)."""
+    """L1 + L2 cache of query results with generation-based invalidation (see the module docstring).
+
+    ``identity``: returns the deployment identity (:attr:`AuditDatabase.deployment_id`); by default it is read on a
+    connection of its own. Called on the first L2 use, again after a failure at most once a second.
+    """
 
     def __init__(
         self,
@@ -246,6 +454,7 @@ class QueryCache:
         schema_version: int = 0,
         breakers: BreakerRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
+        identity: Callable[[], uuid.UUID] | None = None,
     ) -> None:
         self.settings = settings
         cfg = settings.cache
@@ -253,25 +462,41 @@ class QueryCache:
         self.schema_version = schema_version
         self._clock = clock
         self.l1 = LRUCache(cfg.l1_max_entries, cfg.l1_max_bytes, clock=clock)
+        key = cfg.key_bytes
+        self._seal: CacheSeal | None = CacheSeal(key) if key is not None else None
+        #: Why L2 is off although Redis is configured (``None``: it is not off for that reason).
+        self.l2_off_reason: str | None = (
+            "AUDIT_CACHE__KEY is not set" if settings.redis_url is not None and key is None else None)
+        self._off_logged = False
         self._breaker: CircuitBreaker | None = (breakers or BreakerRegistry(settings.breakers)).get("redis") \
-            if settings.redis_url is not None else None
-        self._prefix = f"{cfg.key_prefix}:{_database_name(settings)}:{schema_version}"
-        self._gen_key = f"{self._prefix}:gen"
-        self._channel = f"{self._prefix}:invalidate"
+            if self.redis_configured else None
+        self._identity = identity if identity is not None else functools.partial(_read_identity, settings)
+        self._database = _database_name(settings)
+        self._ns: _Namespace | None = None
+        self._ns_lock = threading.Lock()
+        self._ns_ready = threading.Event()
+        self._ns_retry_at = 0.0
+        self._ns_warned = False
         self._gens: dict[str, int] = {}
         self._gens_lock = threading.Lock()
+        # Hot L2 reads meet the same counters and keys again and again: their HMACs are computed once.
+        self._verified: dict[tuple[str, Any], int] = {}
+        self._l2_keys: dict[str, str] = {}
         self._pending: dict[str, int] = {}  # bumps Redis has not received yet (it was down)
         self._redis: Any = None
         self._bump: Any = None
+        self._repair: Any = None
         self._subscriber: threading.Thread | None = None
         self._stop = threading.Event()
         self._synced = threading.Event()  # the invalidation channel is connected
         self._counts = {name: 0 for name in (
             "l1_hits", "l1_misses", "l2_hits", "l2_misses", "invalidated", "sets", "l2_sets", "bypassed",
-            "redis_errors", "pool_waits", "invalidations", "messages")}
+            "redis_errors", "pool_waits", "invalidations", "messages", "l2_rejected")}
         self._counts_lock = threading.Lock()
+        self._reject_log_lock = threading.Lock()
+        self._reject_logged_at: float | None = None
+        self._reject_unlogged = 0
         # Breakers of this process that are not closed, published for the fleet (see report_breaker).
-        self._breaker_key = f"{cfg.key_prefix}:breaker:{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._breaker_states: dict[str, dict[str, Any]] = {}
         self._breaker_dirty: set[str] = set()
         self._breaker_lock = threading.Lock()
@@ -281,9 +506,20 @@ class QueryCache:
 
     @property
     def redis_configured(self) -> bool:
-        return self.settings.redis_url is not None
+        """L2 is configured: a Redis URL and the key that seals its values (``AUDIT_CACHE__KEY``)."""
+        return self.settings.redis_url is not None and self._seal is not None
+
+    @property
+    def deployment_id(self) -> uuid.UUID | None:
+        """The deployment identity the L2 keys are under, once read (``None`` before the first L2 use)."""
+        ns = self._ns
+        return ns.deployment_id if ns is not None else None
 
     def open(self) -> QueryCache:
+        if self.enabled and self.l2_off_reason is not None and not self._off_logged:
+            self._off_logged = True
+            logger.warning("L2 cache off: %s (AUDIT_REDIS_URL is set; the cache runs in process only)",
+                           self.l2_off_reason)
         if not self.enabled or not self.redis_configured or self._redis is not None:
             return self
         import redis
@@ -302,6 +538,7 @@ class QueryCache:
         )
         self._redis = redis.Redis(connection_pool=pool)
         self._bump = self._redis.register_script(_BUMP)
+        self._repair = self._redis.register_script(_REPAIR)
         self._stop.clear()
         self._subscriber = threading.Thread(target=self._listen, name="audit-cache-invalidation", daemon=True)
         self._subscriber.start()
@@ -313,10 +550,11 @@ class QueryCache:
             self._subscriber.join(timeout=5)
             self._subscriber = None
         if self._redis is not None:
-            try:
-                self._redis.delete(self._breaker_key)  # this process's breakers go with it
-            except Exception:
-                pass
+            if self._ns is not None:
+                try:
+                    self._redis.delete(self._ns.breaker_key)  # this process's breakers go with it
+                except Exception:
+                    pass
             try:
                 self._redis.close()
             except Exception:
@@ -325,19 +563,66 @@ class QueryCache:
         self._synced.clear()
 
     def wait_synced(self, timeout: float = 5.0) -> bool:
-        """Block until the invalidation channel is connected (tests, start-up); ``True`` when it is."""
-        return self._synced.wait(timeout)
+        """Block until the invalidation channel is connected (tests, start-up); ``True`` when it is. Reads the
+        deployment identity first if it is not known yet."""
+        deadline = time.monotonic() + timeout
+        while self._namespace() is None and time.monotonic() < deadline and self._redis is not None:
+            time.sleep(0.05)
+        return self._synced.wait(max(deadline - time.monotonic(), 0))
+
+    def _namespace(self) -> _Namespace | None:
+        """Where this deployment's entries live in Redis; ``None`` (L2 bypassed) until the identity is known."""
+        ns = self._ns
+        if ns is not None or self._redis is None or self._seal is None:
+            return ns
+        if time.monotonic() < self._ns_retry_at or not self._ns_lock.acquire(timeout=2.0):
+            return None
+        try:
+            if self._ns is None:
+                try:
+                    ident = self._identity()
+                except Exception as exc:
+                    self._ns_retry_at = time.monotonic() + _IDENTITY_RETRY_S
+                    if not self._ns_warned:
+                        self._ns_warned = True
+                        logger.warning("L2 cache bypassed until the deployment identity can be read: %s",
+                                       redact(getattr(exc, "message", None) or str(exc)) or type(exc).__name__)
+                    return None
+                prefix = self.settings.cache.key_prefix
+                base = f"{prefix}:{ident}:{self._database}:{self.schema_version}"
+                breakers = f"{prefix}:{ident}:breaker:"
+                self._ns = _Namespace(
+                    deployment_id=ident, base=base, gen_key=f"{base}:gen", channel=f"{base}:invalidate",
+                    breakers=breakers, breaker_key=f"{breakers}{socket.gethostname()}:{os.getpid()}:{id(self):x}")
+                self._ns_ready.set()
+            return self._ns
+        finally:
+            self._ns_lock.release()
 
     # -- keys ------------------------------------------------------------------------------------------------------
 
     def key(self, query_type: str, normalized_query: Any, params: Any) -> str:
-        """``{prefix}:{database}:{schema_version}:{query_type}:{sha256(normalized query)}:{sha256(params)}``."""
+        """``{query_type}:{sha256(normalized query)}:{sha256(params)}``: the key of a query in L1, and below
+        ``{prefix}:{deployment_id}:{database}:{schema_version}:`` in Redis (:meth:`redis_key`)."""
         def digest(value: Any) -> str:
             text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, separators=(",", ":"),
                                                                    default=str)
             return hashlib.sha256(text.encode()).hexdigest()
 
-        return f"{self._prefix}:{query_type}:{digest(normalized_query)}:{digest(params)}"
+        return f"{query_type}:{digest(normalized_query)}:{digest(params)}"
+
+    def redis_key(self, key: str) -> str | None:
+        """The Redis key of a :meth:`key`: ``{prefix}:{deployment_id}:{database}:{schema_version}:{query_type}:``
+        then an HMAC of the whole key (``None`` while the deployment identity is not known). Keyed, so that a reader
+        of Redis cannot confirm a guessed filter (a patient's id) by hashing it."""
+        ns = self._namespace()
+        return self._l2_key(ns, key) if ns is not None else None
+
+    def _l2_key(self, ns: _Namespace, key: str) -> str:
+        seal = self._seal
+        assert seal is not None
+        return _memoized(self._l2_keys, key,
+                         lambda: f"{ns.base}:{key.partition(':')[0]}:{seal.digest('key', ns.base, key)}")
 
     # -- generations -----------------------------------------------------------------------------------------------
 
@@ -402,17 +687,37 @@ class QueryCache:
             pending = dict(self._pending)
         if not pending:
             return True
+        ns = self._namespace()
+        if ns is None or self._seal is None:
+            return False
+        seal = self._seal
         args: list[Any] = []
         for s, g in pending.items():
-            args += [s, g]
-        args.append(json.dumps(pending, separators=(",", ":")))
-        if not self._redis_call(lambda: self._bump(keys=[self._gen_key, self._channel], args=args)):
+            args += [s, seal.generation(ns.gen_key, s, g)]
+        args.append(seal.sign("invalidate", ns.channel, json.dumps(pending, separators=(",", ":"))))
+        higher = self._redis_call(lambda: self._bump(keys=[ns.gen_key, ns.channel], args=args))
+        if higher is None:
             return False
+        if isinstance(higher, list) and higher:
+            self._repair_counters(ns, pending, higher)
         with self._gens_lock:
             for s, g in pending.items():
                 if self._pending.get(s) == g:
                     del self._pending[s]
             return not self._pending
+
+    def _repair_counters(self, ns: _Namespace, ours: Mapping[str, int], higher: list[Any]) -> None:
+        """Redis holds a higher counter than a write of ours: genuine (another process wrote later) or forged. A
+        forged one would fail every read of its scope closed for good: replace it with our genuine value."""
+        assert self._seal is not None
+        for scope_b, current in zip(higher[::2], higher[1::2]):
+            scope = scope_b.decode() if isinstance(scope_b, bytes) else str(scope_b)
+            try:
+                self._merge({scope: self._seal.read_generation(ns.gen_key, scope, current)})
+            except _Refused as refused:
+                self._reject(refused)
+                value = self._seal.generation(ns.gen_key, scope, ours[scope])
+                self._redis_call(lambda: self._repair(keys=[ns.gen_key], args=[scope, current, value]))
 
     # -- get / set -------------------------------------------------------------------------------------------------
 
@@ -461,14 +766,16 @@ class QueryCache:
         return CacheHit(value, "l2")
 
     def _l2_get(self, key: str, scope: tuple[str, ...]) -> tuple[Any, tuple[int, ...], float, int] | None:
-        if not self._flush_pending():
+        ns = self._namespace()
+        if ns is None or not self._flush_pending():
             return None
+        redis_key = self._l2_key(ns, key)
 
         def fetch() -> Any:
             pipe = self._redis.pipeline(transaction=False)
-            pipe.get(key)
-            pipe.pttl(key)
-            pipe.hmget(self._gen_key, list(scope))
+            pipe.get(redis_key)
+            pipe.pttl(redis_key)
+            pipe.hmget(ns.gen_key, list(scope))
             return pipe.execute()
 
         result = self._redis_call(fetch)
@@ -477,21 +784,50 @@ class QueryCache:
         blob, pttl, gens = result
         if blob is None:
             return None
-        remote = {s: int(g) for s, g in zip(scope, gens) if g is not None}
-        self._merge(remote)
         try:
-            doc = json.loads(zlib.decompress(blob))
-            if doc.get("f") != _FORMAT or tuple(doc["s"]) != tuple(scope):
-                return None
+            remote = self._remote_generations(ns, scope, gens)
+            doc, ttl_left = self._open_value(redis_key, blob, scope)
             limits = tuple(int(x) for x in doc["l"])
-        except (ValueError, KeyError, TypeError, zlib.error):
-            logger.warning("ignoring an unreadable L2 cache entry")
+        except _Refused as refused:
+            self._reject(refused)
             return None
         if not self._valid(tuple(scope), limits, remote):
             self._count("invalidated")
             return None
-        ttl_left = max(pttl, 0) / 1000 if pttl and pttl > 0 else self.settings.cache.ttl_seconds
+        if pttl and pttl > 0:
+            ttl_left = min(ttl_left, pttl / 1000)
         return doc["p"], limits, ttl_left, len(blob)
+
+    def _remote_generations(self, ns: _Namespace, scope: tuple[str, ...], values: list[Any]) -> dict[str, int]:
+        """The authenticated counters of ``scope`` from Redis (absent = 0), merged into this process's view. One
+        that fails its tag refuses the read: it may hide a genuine, higher counter."""
+        seal = self._seal
+        assert seal is not None
+        remote = {s: _memoized(self._verified, (s, v), lambda: seal.read_generation(ns.gen_key, s, v))
+                  for s, v in zip(scope, values) if v is not None}
+        self._merge(remote)
+        return remote
+
+    def _open_value(self, redis_key: str, blob: bytes, scope: tuple[str, ...]) -> tuple[dict[str, Any], float]:
+        """The document of a sealed L2 value and the seconds it may still live; :class:`_Refused` otherwise."""
+        assert self._seal is not None
+        limit = self.settings.cache.max_value_bytes
+        if len(blob) > limit + _SEAL_OVERHEAD + 1024:  # zlib never grows data by more than a few bytes per 16 KB
+            raise _Refused(f"larger than AUDIT_CACHE__MAX_VALUE_BYTES ({limit})")
+        plaintext, created_ms, ttl_ms = self._seal.unseal(redis_key, blob)
+        age_ms = int(time.time() * 1000) - created_ms
+        if age_ms < -_CLOCK_TOLERANCE_MS:
+            raise _Refused("created in the future (clocks differ, or a forged time)")
+        if age_ms > ttl_ms:
+            raise _Refused("older than its TTL: a copy written back (a replay)",
+                           suspicious=age_ms > ttl_ms + _CLOCK_TOLERANCE_MS)
+        try:
+            doc = json.loads(_inflate(plaintext, limit))
+            if not isinstance(doc, dict) or tuple(doc["s"]) != tuple(scope) or len(doc["l"]) != len(scope):
+                raise _Refused("not a result of this query's scope")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _Refused("undecodable") from exc
+        return doc, max(ttl_ms - max(age_ms, 0), 1) / 1000
 
     def set(
         self,
@@ -512,27 +848,35 @@ class QueryCache:
         cfg = self.settings.cache
         ttl = cfg.closed_window_ttl_seconds if closed else cfg.ttl_seconds
         payload = encode(value) if encode is not None else value
-        blob = zlib.compress(json.dumps({"f": _FORMAT, "s": list(scope), "l": list(limits), "p": payload},
-                                        separators=(",", ":"), default=str).encode(), 1)
+        text = json.dumps({"s": list(scope), "l": list(limits), "p": payload}, separators=(",", ":"),
+                          default=str).encode()
+        compressed = zlib.compress(text, 1)
         now = self._clock()
-        self.l1.put_entry(key, _Entry(value, len(blob), now + ttl, now, scope, limits))
+        self.l1.put_entry(key, _Entry(value, len(compressed), now + ttl, now, scope, limits))
         self._count("sets")
-        if self._redis is not None and self._flush_pending():
-            if self._redis_call(lambda: self._redis.set(key, blob, px=max(int(ttl * 1000), 1))):
-                self._count("l2_sets")
+        if self._redis is None or self._seal is None or len(text) > cfg.max_value_bytes:
+            return  # a value readers would refuse is not worth sending
+        ns = self._namespace()
+        if ns is None or not self._flush_pending():
+            return
+        redis_key = self._l2_key(ns, key)
+        ttl_ms = max(int(ttl * 1000), 1)
+        blob = self._seal.seal(redis_key, compressed, created_ms=int(time.time() * 1000), ttl_ms=ttl_ms)
+        if self._redis_call(lambda: self._redis.set(redis_key, blob, px=ttl_ms)):
+            self._count("l2_sets")
 
     def clear(self) -> int:
         """Drop every entry of this schema version: L1 here, L2 by ``SCAN`` + ``UNLINK`` (never ``KEYS``)."""
         self.l1.clear()
-        if self._redis is None:
+        ns = self._namespace()
+        if self._redis is None or ns is None:
             return 0
-        removed = 0
 
         def sweep() -> int:
             n = 0
             batch: list[bytes] = []
-            for k in self._redis.scan_iter(match=f"{self._prefix}:*", count=500):
-                if k.decode() in (self._gen_key,):
+            for k in self._redis.scan_iter(match=f"{ns.base}:*", count=500):
+                if k.decode() == ns.gen_key:
                     continue
                 batch.append(k)
                 if len(batch) >= 500:
@@ -542,9 +886,25 @@ class QueryCache:
                 n += self._redis.unlink(*batch)
             return n
 
-        result = self._redis_call(sweep)
-        removed = int(result or 0)
-        return removed
+        return int(self._redis_call(sweep) or 0)
+
+    # -- refused values --------------------------------------------------------------------------------------------
+
+    def _reject(self, refused: _Refused) -> None:
+        """A value from Redis that is not used: a miss; counted and logged (rate-limited) when it is suspicious."""
+        if not refused.suspicious:
+            return
+        self._count("l2_rejected")
+        with self._reject_log_lock:
+            now = time.monotonic()
+            if self._reject_logged_at is not None and now - self._reject_logged_at < _REJECT_LOG_INTERVAL_S:
+                self._reject_unlogged += 1
+                return
+            earlier, self._reject_unlogged, self._reject_logged_at = self._reject_unlogged, 0, now
+        logger.warning(
+            "L2 cache: refused a value from Redis (%s); served as a miss. Another client may be writing to this "
+            "Redis, or a process uses another AUDIT_CACHE__KEY%s", refused.reason,
+            f" ({earlier} more refused since the last warning)" if earlier else "")
 
     # -- Redis, behind its breaker ---------------------------------------------------------------------------------
 
@@ -572,21 +932,52 @@ class QueryCache:
             breaker.record_success()
         return result if result is not None else True
 
+    def _verified_generations(self, ns: _Namespace, values: Mapping[Any, Any]) -> dict[str, int]:
+        """The counters of a whole generation hash whose tags hold (the others are refused and skipped)."""
+        assert self._seal is not None
+        out: dict[str, int] = {}
+        for scope_b, value in values.items():
+            scope = scope_b.decode("utf-8", "replace") if isinstance(scope_b, bytes) else str(scope_b)
+            try:
+                out[scope] = self._seal.read_generation(ns.gen_key, scope, value)
+            except _Refused as refused:
+                self._reject(refused)
+        return out
+
+    def _message(self, ns: _Namespace, data: Any) -> dict[str, int] | None:
+        """The bumps of an invalidation message, or ``None`` (refused) when it is not authentic."""
+        assert self._seal is not None
+        try:
+            bumps = json.loads(self._seal.verify("invalidate", ns.channel, data))
+            return {str(s): int(g) for s, g in bumps.items()}
+        except _Refused as refused:
+            self._reject(refused)
+        except (ValueError, TypeError, AttributeError):
+            self._reject(_Refused("invalidation message undecodable"))
+        return None
+
     def _listen(self) -> None:
-        """Apply invalidation messages from other processes; on (re)connect, re-read every generation."""
+        """Apply invalidation messages from other processes; on (re)connect, re-read every generation. Waits for
+        the deployment identity (read on the first L2 use) before it subscribes."""
         pubsub = None
         while not self._stop.is_set():
+            ns = self._ns
+            if ns is None:
+                self._ns_ready.wait(0.5)
+                continue
             try:
                 if pubsub is None:
                     pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
-                    pubsub.subscribe(self._channel)
-                    self._merge({k.decode(): int(v) for k, v in self._redis.hgetall(self._gen_key).items()})
+                    pubsub.subscribe(ns.channel)
+                    self._merge(self._verified_generations(ns, self._redis.hgetall(ns.gen_key)))
                     self._synced.set()
                 self._publish_breakers()
                 message = pubsub.get_message(timeout=0.5)
                 if message and message.get("type") == "message":
-                    self._merge({k: int(v) for k, v in json.loads(message["data"]).items()})
-                    self._count("messages")
+                    bumps = self._message(ns, message["data"])
+                    if bumps is not None:
+                        self._merge(bumps)
+                        self._count("messages")
             except Exception as exc:
                 if self._synced.is_set():
                     logger.warning("cache invalidation channel lost: %s", redact(str(exc)))
@@ -608,9 +999,9 @@ class QueryCache:
 
     def report_breaker(self, name: str, state: str, detail: Mapping[str, Any] | None = None) -> None:
         """Record a breaker transition of this process; the invalidation thread publishes the breakers that are
-        not closed under ``{prefix}:breaker:<host>:<pid>:…`` (expiring, refreshed while they stay open), so a
-        monitor in another process — the Dagster check — sees every process's open breakers.
-        Never blocks and never touches Redis itself: it may run inside a breaker's own transition."""
+        not closed under ``{prefix}:{deployment_id}:breaker:<host>:<pid>:…`` (authenticated, expiring, refreshed
+        while they stay open), so a monitor in another process — the Dagster check — sees every process's open
+        breakers. Never blocks and never touches Redis itself: it may run inside a breaker's own transition."""
         with self._breaker_lock:
             if state == "closed":
                 self._breaker_states.pop(name, None)
@@ -620,17 +1011,23 @@ class QueryCache:
             self._breaker_dirty.add(name)
 
     def _publish_breakers(self, *, force: bool = False) -> None:
+        ns = self._ns
+        if ns is None or self._seal is None:
+            return
         now = time.monotonic()
         with self._breaker_lock:
             if not self._breaker_dirty and not (self._breaker_states and now - self._breaker_published > 30):
                 return
             states = {k: dict(v) for k, v in self._breaker_states.items()}
             self._breaker_dirty.clear()
+        seal = self._seal
+
         def send() -> None:
             if states:
-                self._redis.set(self._breaker_key, json.dumps(states, default=str), ex=120)
+                body = json.dumps({"at": time.time(), "states": states}, default=str)
+                self._redis.set(ns.breaker_key, seal.sign("breakers", ns.breaker_key, body), ex=_BREAKER_TTL_S)
             else:
-                self._redis.delete(self._breaker_key)
+                self._redis.delete(ns.breaker_key)
         if self._redis_call(send):
             self._breaker_published = now
         else:
@@ -638,21 +1035,35 @@ class QueryCache:
                 self._breaker_dirty.update(states or {"*"})
 
     def fleet_breakers(self) -> list[dict[str, Any]] | None:
-        """Every breaker not closed in any process sharing this Redis (``None`` when Redis is not configured or
-        cannot be read)."""
-        if self._redis is None:
+        """Every breaker not closed in any process of this deployment sharing this Redis (``None`` when L2 is not
+        configured, the deployment identity is not known, or Redis cannot be read). States that fail
+        authentication, or are older than their expiry, are left out."""
+        ns = self._namespace()
+        if self._redis is None or ns is None or self._seal is None:
             return None
+        seal = self._seal
 
-        def read() -> list[dict[str, Any]]:
-            out: list[dict[str, Any]] = []
-            keys = list(self._redis.scan_iter(match=f"{self.settings.cache.key_prefix}:breaker:*", count=500))
-            for blob in (self._redis.mget(keys) if keys else []):
-                if blob:
-                    out.extend(json.loads(blob).values())
-            return out
+        def read() -> list[tuple[bytes, Any]]:
+            keys = list(self._redis.scan_iter(match=f"{ns.breakers}*", count=500))
+            return list(zip(keys, self._redis.mget(keys))) if keys else []
 
         result = self._redis_call(read)
-        return result if isinstance(result, list) else None
+        if result is None:
+            return None
+        out: list[dict[str, Any]] = []
+        for key, blob in result if isinstance(result, list) else []:
+            if not blob:
+                continue
+            try:
+                doc = json.loads(seal.verify("breakers", key.decode("utf-8", "replace"), blob))
+                if not time.time() - _BREAKER_TTL_S - _CLOCK_TOLERANCE_MS / 1000 <= float(doc["at"]):
+                    raise _Refused("breaker states older than their expiry (a replay)")
+                out.extend(doc["states"].values())
+            except _Refused as refused:
+                self._reject(refused)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self._reject(_Refused("breaker states undecodable"))
+        return out
 
     # -- stats -----------------------------------------------------------------------------------------------------
 
@@ -661,14 +1072,17 @@ class QueryCache:
             self._counts[name] += n
 
     def stats(self) -> dict[str, Any]:
-        """Hits and misses per tier, hit ratio, evictions, bytes, Redis errors and bypasses."""
+        """Hits and misses per tier, hit ratio, evictions, bytes, Redis errors and bypasses, values refused."""
         with self._counts_lock:
             c = dict(self._counts)
         lookups = c["l1_hits"] + c["l1_misses"]
         hits = c["l1_hits"] + c["l2_hits"]
+        ident = self.deployment_id
         return {
             "enabled": self.enabled,
             "l2_configured": self.redis_configured,
+            "l2_off_reason": self.l2_off_reason,
+            "deployment_id": str(ident) if ident is not None else None,
             "invalidation_channel": "connected" if self._synced.is_set() else
             ("not configured" if not self.redis_configured else "disconnected"),
             **c,

@@ -281,7 +281,14 @@ class RetentionSettings(_Section):
 
 
 class CacheSettings(_Section):
-    """The query cache: L1 in process (LRU, TTL, byte bound), L2 in Redis (``AUDIT_REDIS_URL``; off when unset)."""
+    """The query cache: L1 in process (LRU, TTL, byte bound), L2 in Redis (``AUDIT_REDIS_URL``; off when unset).
+
+    L2 needs ``key`` (``AUDIT_CACHE__KEY``): every value in Redis is encrypted and authenticated with it
+    (AES-256-GCM), invalidation counters, messages and breaker states are authenticated (HMAC-SHA256 with keys
+    derived from it). 32 random bytes as base64 or 64 hex digits (``python -c "import secrets;
+    print(secrets.token_hex(32))"``), the same in every process sharing the cache. Without it L2 stays off.
+    See docs/guides/security.md.
+    """
 
     enabled: bool = True
     key_prefix: str = Field(default="audit-db", min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
@@ -294,6 +301,48 @@ class CacheSettings(_Section):
         default=50, ge=1, le=10_000,
         description="connections to Redis per process; more concurrent callers wait up to redis_timeout_seconds",
     )
+    key: SecretStr | None = Field(
+        default=None, description="AES-256-GCM key of the L2 values: 32 bytes, base64 or 64 hex digits; unset = L2 off"
+    )
+    max_value_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=4096, le=1024 * 1024 * 1024,
+        description="largest L2 value accepted, decompressed (a larger one is refused: a miss)",
+    )
+
+    @field_validator("key", mode="before")
+    @classmethod
+    def _key(cls, value: Any) -> Any:
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        if not isinstance(raw, str) or cache_key_bytes(raw) is None:
+            raise ValueError("must be 32 bytes given as base64 (44 characters) or as 64 hex digits "
+                             "(e.g. python -c \"import secrets; print(secrets.token_hex(32))\")")
+        return raw.strip()
+
+    @property
+    def key_bytes(self) -> bytes | None:
+        """The 32 bytes of ``key`` (``None`` when unset)."""
+        return cache_key_bytes(self.key.get_secret_value()) if self.key is not None else None
+
+
+def cache_key_bytes(text: str) -> bytes | None:
+    """The 32 bytes of a cache key given as 64 hex digits or as base64 (standard or URL-safe), else ``None``."""
+    import base64
+    import binascii
+
+    text = text.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    try:
+        standard = text.replace("-", "+").replace("_", "/")  # URL-safe base64 too
+        decoded = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return decoded if len(decoded) == 32 else None
 
 
 class BreakerSettings(_Section):

@@ -31,6 +31,7 @@ from audit_db_core.breakers import BreakerRegistry, ErrorPolicy, GuardedConnecti
 from audit_db_core.cache import QueryCache, range_scopes, read_scope, write_scopes
 from audit_db_core.config import AuditSettings, ConsistencyLevel
 from audit_db_core.connections import ConnectionManager, current_lsn, format_lsn, parse_lsn
+from audit_db_core.deployment import read_deployment_id
 from audit_db_core.errors import (
     AuditError,
     AuditValidationError,
@@ -349,8 +350,10 @@ class AuditDatabase:
         self.settings = settings if settings is not None else AuditSettings()
         self.connections = ConnectionManager(self.settings)
         self.breakers = BreakerRegistry(self.settings.breakers, on_change=self._breaker_changed)
+        self._deployment_id: uuid.UUID | None = None
+        self._deployment_lock = threading.Lock()
         self.cache: ResultCache = cache if cache is not None else QueryCache(
-            self.settings, schema_version=SCHEMA_VERSION, breakers=self.breakers)
+            self.settings, schema_version=SCHEMA_VERSION, breakers=self.breakers, identity=lambda: self.deployment_id)
         self.router = ReplicaRouter(self.settings, self.connections, self.breakers)
         r = self.settings.retry
         self.retry_policy = RetryPolicy(r.max_attempts, r.base_delay_seconds, r.max_delay_seconds)
@@ -383,6 +386,25 @@ class AuditDatabase:
 
     def __repr__(self) -> str:
         return f"AuditDatabase(primary={self.settings.display_database_url!r})"
+
+    @property
+    def deployment_id(self) -> uuid.UUID:
+        """This database's identity (:mod:`audit_db_core.deployment`): read from the primary on first use, then
+        cached for the life of this object. Raises :class:`~audit_db_core.errors.MigrationError` when the
+        migrations are not applied.
+
+        Example::
+
+            db.deployment_id          # UUID('6f1c…'), the same in every process using this database
+        """
+        found = self._deployment_id
+        if found is None:
+            with self._deployment_lock:
+                if self._deployment_id is None:
+                    with self._primary("deployment_id") as conn:
+                        self._deployment_id = read_deployment_id(conn)
+                found = self._deployment_id
+        return found
 
     @property
     def partitions(self) -> PartitionManager:

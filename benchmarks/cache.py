@@ -20,10 +20,12 @@ What is measured
    ``--shapes`` queries (one principal each, the ``--window-days`` days before today: closed windows, pages of
    ``--page-size``), ``--lookups`` timed lookups per tier, the three tiers interleaved shape by shape:
    ``database`` (``use_cache=False``, served by a replica when there is one), ``l2`` (``db.cache.l1.clear()``
-   untimed before each lookup, so it is answered from Redis: decompress, JSON, rebuild the page) and ``l1``
-   (an in-process hit). Every lookup checks where it was served (``page.extra["source"]``) and that its events
-   are those the database returned. Reported: p50/p95/p99/mean/max in ms, ratios ``database / l1`` and
-   ``database / l2`` (p50 and p99), the cache's own stats, and the router's read counts.
+   untimed before each lookup, so it is answered from Redis: verify and decrypt, decompress, JSON, rebuild the
+   page) and ``l1`` (an in-process hit). Every lookup checks where it was served (``page.extra["source"]``) and
+   that its events are those the database returned. Reported: p50/p95/p99/mean/max in ms, ratios
+   ``database / l1`` and ``database / l2`` (p50 and p99), the cache's own stats, and the router's read counts.
+   ``l2_sealing``: the size of one page's L2 value and what its AES-256-GCM seal and open cost (a breakdown, not a
+   separate tier).
 
 Targets (reported as met / MISSED, never an exit status): cached lookups (L1 and L2) p99 < 100 ms, from the
 original design brief; L1 hit p99 < 1 ms. A failed correctness check (a lookup served by the wrong tier, a cached
@@ -31,8 +33,9 @@ page that differs from the database's, data not as prepared) exits with status 2
 
 Servers: with ``AUDIT_BENCH_DATABASE_URL`` set (plus optional ``AUDIT_BENCH_REPLICA_URLS`` and
 ``AUDIT_BENCH_REDIS_URL``), those servers are used: the script creates and drops its own scratch database (the
-role needs CREATEDB) and uses Redis keys under a prefix of its own, deleted at the end. Without Redis the ``l2``
-tier is not measured; without replicas the database tier is the primary. Otherwise a local PostgreSQL primary,
+role needs CREATEDB) and uses Redis keys under a prefix of its own, deleted at the end, sealed with a random
+``AUDIT_CACHE__KEY`` of its own. Without Redis the ``l2`` tier is not measured; without replicas the database
+tier is the primary. Otherwise a local PostgreSQL primary,
 streaming replica and Redis (``audit_local``) are started in a temporary directory and always stopped
 and removed, Ctrl-C and SIGTERM included.
 
@@ -52,10 +55,12 @@ import math
 import os
 import platform
 import random
+import secrets
 import statistics
 import sys
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +75,7 @@ from benchmarks import common  # noqa: E402
 from benchmarks.common import positive_int  # noqa: E402
 from benchmarks.read_data import CheckFailed, principal, read_database  # noqa: E402
 from audit_db_core import AuditDatabase, AuditQuery, AuditSettings  # noqa: E402
-from audit_db_core.cache import LRUCache  # noqa: E402
+from audit_db_core.cache import CacheSeal, LRUCache  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "cache.json"
 APPLICATION_NAME = "audit-bench-cache"
@@ -276,11 +281,47 @@ def quotient(a: float, b: float) -> float:
 
 
 def bench_settings(url: str, replica_urls: list[str], redis_url: str | None, prefix: str) -> AuditSettings:
-    """Settings pinned to what the benchmark assumes, whatever ``AUDIT_*`` variables the environment holds."""
+    """Settings pinned to what the benchmark assumes, whatever ``AUDIT_*`` variables the environment holds; the L2
+    values are sealed with a key of the run's own."""
     return AuditSettings(
         database_url=url, replica_urls=replica_urls, redis_url=redis_url, application_name=APPLICATION_NAME,
-        cache={"enabled": True, "key_prefix": prefix, "l1_max_entries": 10_000, "l1_max_bytes": 64 << 20},
+        cache={"enabled": True, "key_prefix": prefix, "l1_max_entries": 10_000, "l1_max_bytes": 64 << 20,
+               "key": secrets.token_hex(32)},
     )
+
+
+def measure_sealing(db: AuditDatabase, query: AuditQuery, redis_url: str, repeats: int) -> dict[str, Any]:
+    """What sealing costs on one cached page as L2 holds it: AES-256-GCM seal and open of its compressed JSON
+    (median of ``repeats``, in µs), against the page's sizes. Untimed by the tiers above; a breakdown of them."""
+    import redis
+
+    key = db.cache.redis_key(db.cache.key("page", query.filters(), {"limit": query.limit, "cursor": None}))
+    check(key is not None, "the cache's deployment identity is not known after the lookups")
+    assert key is not None
+    client = redis.Redis.from_url(redis_url, socket_timeout=5)
+    try:
+        blob = client.get(key)
+    finally:
+        client.close()
+    check(blob is not None, "the first query's page is not in Redis")
+    seal = CacheSeal(db.settings.cache.key_bytes)  # type: ignore[arg-type]
+    compressed, created, ttl = seal.unseal(key, blob)
+    seal_s, open_s = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        sealed = seal.seal(key, compressed, created_ms=created, ttl_ms=ttl)
+        middle = time.perf_counter()
+        seal.unseal(key, sealed)
+        seal_s.append(middle - started)
+        open_s.append(time.perf_counter() - middle)
+    return {
+        "repeats": repeats,
+        "sealed_bytes": len(blob),
+        "compressed_bytes": len(compressed),
+        "json_bytes": len(zlib.decompress(compressed)),
+        "seal_us_p50": round(statistics.median(seal_s) * 1e6, 2),
+        "open_us_p50": round(statistics.median(open_s) * 1e6, 2),
+    }
 
 
 def drop_redis_keys(redis_url: str | None, prefix: str) -> int:
@@ -320,6 +361,8 @@ def bench_latency(servers: common.ReadServers, args: argparse.Namespace) -> dict
         try:
             with AuditDatabase(settings) as db:
                 result = measure_tiers(db, queries, args, has_l2=servers.redis_url is not None)
+                if servers.redis_url is not None:
+                    result["l2_sealing"] = measure_sealing(db, queries[0], servers.redis_url, repeats=1000)
         finally:
             drop_redis_keys(servers.redis_url, prefix)
         return {**result, "cache_key_prefix": prefix}
@@ -480,7 +523,12 @@ def format_table(report: dict[str, Any]) -> str:
     stats = lat["cache_stats"]
     lines.append(f"  cache stats: hit ratio {stats['hit_ratio']}, l1 hits {stats['l1_hits']}, l2 hits "
                  f"{stats['l2_hits']}, misses l1 {stats['l1_misses']} / l2 {stats['l2_misses']}, "
-                 f"bypassed {stats['bypassed']}")
+                 f"bypassed {stats['bypassed']}, refused {stats.get('l2_rejected', 0)}")
+    sealing = lat.get("l2_sealing")
+    if sealing:
+        lines.append(f"  L2 value of a page: {sealing['json_bytes']:,} B JSON, {sealing['compressed_bytes']:,} B "
+                     f"compressed, {sealing['sealed_bytes']:,} B sealed; AES-256-GCM seal "
+                     f"{sealing['seal_us_p50']:.1f} us, open {sealing['open_us_p50']:.1f} us (p50)")
     lines.append("")
     for key, t in report["targets"].items():
         verdict = "met" if t["met"] else "MISSED"

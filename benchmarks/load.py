@@ -59,6 +59,7 @@ import os
 import platform
 import random
 import resource
+import secrets
 import statistics
 import sys
 import threading
@@ -377,7 +378,7 @@ def bench_settings(url: str, replica_urls: list[str], redis_url: str | None, pre
         pool={"min_size": args.pool_size, "max_size": args.pool_size, "replica_max_size": args.pool_size,
               "timeout_seconds": args.pool_timeout},
         replicas={"acquire_timeout_seconds": args.replica_acquire_timeout},
-        cache={"enabled": True, "key_prefix": prefix},
+        cache={"enabled": True, "key_prefix": prefix, "key": secrets.token_hex(32)},  # L2 needs a key of its own
     )
 
 

@@ -4,7 +4,12 @@ With ``AUDIT_TEST_DATABASE_URL`` (and optionally ``AUDIT_TEST_REPLICA_URLS``, ``
 tests use those servers; otherwise one local PostgreSQL primary + streaming replica + Redis is started for the
 session (``audit_local``) and stopped at the end, even when tests fail.
 
-Each test that needs a clean schema gets its own database, cloned from a migrated template database.
+Each test that needs a clean schema gets its own database, cloned from a migrated template database, with a
+deployment identity of its own (a clone would otherwise share the template's).
+
+The L2 cache needs a key: the suite sets ``AUDIT_CACHE__KEY`` to a fixed test key (:data:`TEST_CACHE_KEY`) unless
+the environment already holds one, so every ``AuditSettings`` built by a test (and by the processes it starts)
+seals its L2 values.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ from audit_db_core.migrate import migrate
 
 
 _PRIVATE_BASETEMP: str | None = None
+#: The suite's L2 cache key (32 bytes, hex): test data only, never a deployment's.
+TEST_CACHE_KEY = "7e57" * 16
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """A private basetemp (unless one is given): pytest's shared /tmp/pytest-of-<user> is reset to 0700 by every
     new session, which would lock the unprivileged PostgreSQL user of another running session out of its data."""
     global _PRIVATE_BASETEMP
+    os.environ.setdefault("AUDIT_CACHE__KEY", TEST_CACHE_KEY)
     if not config.option.basetemp and not hasattr(config, "workerinput"):
         _PRIVATE_BASETEMP = tempfile.mkdtemp(prefix="audit-pytest-")
         config.option.basetemp = _PRIVATE_BASETEMP
@@ -89,7 +97,8 @@ def servers() -> Iterator[TestServers]:
 
 @contextmanager
 def scratch_database(server_url: str, prefix: str, template: str | None = None) -> Iterator[str]:
-    """Create a uniquely named database (optionally cloned from ``template``), yield its URL, drop it."""
+    """Create a uniquely named database (optionally cloned from ``template``, then given a deployment identity of
+    its own), yield its URL, drop it."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
     create = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
     if template is not None:
@@ -97,7 +106,13 @@ def scratch_database(server_url: str, prefix: str, template: str | None = None) 
     with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
         conn.execute(create)
     try:
-        yield with_dbname(server_url, name)
+        url = with_dbname(server_url, name)
+        if template is not None:
+            # The clone stands in for a freshly migrated database, whose migration drew an identity of its own and
+            # recorded nothing: a plain UPDATE, not new_deployment_id (which also writes a ledger entry).
+            with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+                conn.execute("UPDATE audit_deployment SET deployment_id = gen_random_uuid()")
+        yield url
     finally:
         with psycopg.connect(server_url, autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))

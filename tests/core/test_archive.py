@@ -20,7 +20,6 @@ from psycopg import sql
 from audit_db_core import AuditDatabase
 from audit_db_core import archive as archive_module
 from audit_db_core.archive import (
-    ARCHIVE_FORMAT_VERSION,
     ArchiveManifest,
     ArchiveStore,
     VerificationResult,

@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings
-from audit_db_core.cache import ALL, LRUCache, read_scope, write_scopes
+from audit_db_core.cache import ALL, CacheSeal, LRUCache, read_scope, write_scopes
 from tests.conftest import TestServers as Servers
 
 UTC = dt.UTC
@@ -122,8 +122,8 @@ def test_a_write_into_the_window_invalidates_at_once_others_stay_cached(cdb: Aud
     assert cdb.count(q(), consistency="eventual") == 5
 
 
-def test_l2_is_shared_by_another_client_and_holds_compressed_json(cdb: AuditDatabase,
-                                                                  cached_settings: AuditSettings) -> None:
+def test_l2_is_shared_by_another_client_and_holds_sealed_compressed_json(cdb: AuditDatabase,
+                                                                         cached_settings: AuditSettings) -> None:
     cdb.insert(event(DAY + dt.timedelta(hours=1), details={"ward": "icu"}))
     page = cdb.query(q(), consistency="eventual")
     with AuditDatabase(cached_settings) as other:
@@ -132,12 +132,20 @@ def test_l2_is_shared_by_another_client_and_holds_compressed_json(cdb: AuditData
         assert got.events[0].model_dump() == page.events[0].model_dump()
         assert got.events[0].hash_matches
         assert other.query(q(), consistency="eventual").extra["source"] == "cache-l1"  # promoted
-    key = cdb.cache.key("page", q().filters(), {"limit": 100, "cursor": None})
+    key = cdb.cache.redis_key(cdb.cache.key("page", q().filters(), {"limit": 100, "cursor": None}))
+    assert key is not None
+    dbname = cached_settings.database_url.get_secret_value().rsplit("/", 1)[1]
+    assert key.startswith(f"audit-db:{cdb.deployment_id}:{dbname}:")  # the deployment first, then the database
     raw = redis.Redis.from_url(cached_settings.redis_url.get_secret_value()).get(key)
     assert raw is not None
-    doc = json.loads(zlib.decompress(raw))  # JSON inside zlib: no pickle, readable by any client
+    # Sealed: nothing of the rows can be read from Redis, not even after decompression.
+    assert b"icu" not in raw and b"dr.grey" not in raw and b"patient" not in raw
+    with pytest.raises(zlib.error):
+        zlib.decompress(raw)
+    # Inside, with the key: JSON in zlib (no pickle).
+    plaintext, _, _ = CacheSeal(cached_settings.cache.key_bytes).unseal(key, raw)  # type: ignore[arg-type]
+    doc = json.loads(zlib.decompress(plaintext))
     assert doc["p"]["rows"][0]["details"] == {"ward": "icu"}
-    assert key.startswith(f"audit-db:{cached_settings.database_url.get_secret_value().rsplit('/', 1)[1]}:")
 
 
 def test_l2_entry_is_refused_after_a_write_from_another_client(cdb: AuditDatabase,
