@@ -162,3 +162,19 @@ def db(settings: AuditSettings) -> Iterator[AuditDatabase]:
 
 def dbname_of(url: str) -> str:
     return urlsplit(url).path.lstrip("/")
+
+
+def archive_dir(root: Path, partition: str) -> Path:
+    """Where ``partition``'s archive lies under the archive root ``root``: ``<root>/<deployment id>/<partition>``
+    (each test database has an identity of its own, and a test's root holds one deployment's archives)."""
+    deployments = [p for p in root.iterdir() if p.is_dir() and _is_uuid(p.name)] if root.is_dir() else []
+    assert len(deployments) <= 1, f"archives of several deployments under {root}: {deployments}"
+    return (deployments[0] if deployments else root / "no-deployment-directory") / partition
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True

@@ -28,6 +28,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Protocol
@@ -107,6 +108,7 @@ class PartitionManager:
         self.settings = settings
         self._on_removed = on_removed  # rows of these bounds left the log (the query cache forgets them)
         self._on_archived = on_archived  # the database writes the period's integrity copy next to its archive
+        self._deployment_id: uuid.UUID | None = None
 
     def _removed(self, info: PartitionInfo) -> None:
         if self._on_removed is not None:
@@ -133,7 +135,17 @@ class PartitionManager:
             raise ConfigurationError("settings", [
                 ("AUDIT_ARCHIVE__ROOT_URI", "is not set: archival, purge and restore need the archive root"),
             ])
-        return ArchiveStore(cfg.root_uri, rows_per_file=cfg.rows_per_file, batch_rows=cfg.batch_rows)
+        return ArchiveStore(cfg.root_uri, rows_per_file=cfg.rows_per_file, batch_rows=cfg.batch_rows,
+                            deployment_id=self.deployment_id())
+
+    def deployment_id(self) -> uuid.UUID:
+        """The audit database's identity (:mod:`audit_db_core.deployment`), read once: archives live under it."""
+        if self._deployment_id is None:
+            from audit_db_core.deployment import read_deployment_id
+
+            with self._conn("deployment_id") as conn:
+                self._deployment_id = read_deployment_id(conn)
+        return self._deployment_id
 
     # Each operation is a function of its module taking the manager first: bound here as a method.
 

@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import os
 import stat
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -16,9 +17,13 @@ import psycopg
 import pytest
 
 from audit_db_core import AuditDatabase, AuditSettings, ConfigurationError
-from audit_db_core.archive import ArchiveStore, public_uri
+from audit_db_core.archive import ArchiveManifest, ArchiveStore, public_uri
 from audit_db_core.errors import ArchiveError
+from audit_db_core.migrate import migrate
 from audit_local.demo import demo_events
+from tests.conftest import TestServers as Servers
+from tests.conftest import scratch_database
+from tests.conftest import archive_dir
 
 UTC = dt.UTC
 SECRET = "Zq9-archive-secret-0042"
@@ -69,7 +74,7 @@ def test_credentials_in_the_archive_root_are_never_stored_or_printed(
         result = db.partitions.archive("2020-01", run_id="arch-secret")
     assert result.status == "archived" and SECRET not in result.archive_uri
     info = db.partitions.get("2020-01")
-    assert info.archive_uri == f"{root.as_uri()}/audit_log_p2020_01/manifest.json"
+    assert info.archive_uri == f"{root.as_uri()}/{db.deployment_id}/audit_log_p2020_01/manifest.json"
     assert SECRET not in _everything_stored(fresh_database, root)
     assert SECRET not in caplog.text
     # The CLI, as an operator runs it.
@@ -92,7 +97,7 @@ def test_archive_files_are_owner_only(credentialed: tuple[AuditDatabase, Path]) 
         db.partitions.archive("2020-01")
     finally:
         os.umask(previous)
-    directory = root / "audit_log_p2020_01"
+    directory = archive_dir(root, "audit_log_p2020_01")
     files = [p for p in directory.iterdir() if p.is_file()]
     assert "manifest.json" in {p.name for p in files} and any(p.suffix == ".parquet" for p in files)
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files} == {p.name: 0o600 for p in files}
@@ -117,15 +122,74 @@ def test_archive_files_go_only_after_the_registry_commits(
         db.partitions.purge(dry_run=False)
     # The registry did not change, so the archive — after the purge the only copy — must still be whole.
     assert db.partitions.get("2020-01").archive_deleted_at is None
-    assert (root / "audit_log_p2020_01" / "manifest.json").exists()
+    assert (archive_dir(root, "audit_log_p2020_01") / "manifest.json").exists()
     assert [problems for _, problems in db.partitions.verify_archives()] == [[]]
     with psycopg.connect(fresh_database, autocommit=True) as conn:
         conn.execute("DROP TRIGGER refuse_commit ON audit_partitions")
     assert db.partitions.purge(dry_run=False).archives_deleted == ["audit_log_p2020_01"]
-    assert not (root / "audit_log_p2020_01").exists()
+    assert not (archive_dir(root, "audit_log_p2020_01")).exists()
 
 
 def test_a_root_that_is_not_a_uri_is_refused_without_echoing_it(fresh_database: str) -> None:
     with pytest.raises(ConfigurationError) as bad:
         AuditSettings(database_url=fresh_database, archive={"root_uri": f"relative/{SECRET}"})
     assert "AUDIT_ARCHIVE__ROOT_URI" in str(bad.value) and SECRET not in str(bad.value)
+
+
+@pytest.fixture
+def second_database(servers: Servers) -> Iterator[str]:
+    """A database migrated from scratch (not cloned): a deployment identity of its own."""
+    with scratch_database(servers.database_url, "audit_second") as url:
+        migrate(url)
+        yield url
+
+
+def test_two_databases_share_one_archive_root_without_touching_each_other(
+        fresh_database: str, second_database: str, tmp_path: Path) -> None:
+    root = tmp_path / "shared-archive"
+    dbs = []
+    for url in (fresh_database, second_database):
+        db = AuditDatabase(AuditSettings(database_url=url, archive={"root_uri": root.as_uri()},
+                                         retention={"default": "1 year"})).open()
+        dbs.append(db)
+        db.partitions.create_partition("2020-01")
+        db.insert_many(demo_events(200, now=dt.datetime(2020, 2, 1, tzinfo=UTC), span=dt.timedelta(days=30)))
+    first, second = dbs
+    try:
+        assert first.deployment_id != second.deployment_id
+        # The same period archived by both: two archives side by side, each naming its deployment.
+        for db in dbs:
+            assert db.partitions.archive("2020-01").status == "archived"
+        dirs = {db.deployment_id: root / str(db.deployment_id) / "audit_log_p2020_01" for db in dbs}
+        for identity, directory in dirs.items():
+            manifest = json.loads((directory / "manifest.json").read_text())
+            assert manifest["deployment_id"] == str(identity) and manifest["format_version"] == 2
+        # The first purges and, past the archive retention, deletes its archive: the second's stays whole.
+        assert first.partitions.purge(dry_run=False).purged == ["audit_log_p2020_01"]
+        with psycopg.connect(fresh_database, autocommit=True) as conn:
+            conn.execute("UPDATE audit_partitions SET purged_at = purged_at - interval '8 years'")
+        assert first.partitions.purge(dry_run=False).archives_deleted == ["audit_log_p2020_01"]
+        assert not dirs[first.deployment_id].exists()
+        assert [problems for _, problems in second.partitions.verify_archives()] == [[]]
+        # A manifest of another deployment is refused, by name, never taken for one's own.
+        shutil.copytree(dirs[second.deployment_id], root / str(first.deployment_id) / "audit_log_p2020_01")
+        with pytest.raises(ArchiveError, match=f"belongs to deployment {second.deployment_id}"):
+            first.partitions.archive_store().read_manifest("audit_log_p2020_01")
+        store = first.partitions.archive_store()
+        foreign = ArchiveManifest.from_json((dirs[second.deployment_id] / "manifest.json").read_bytes())
+        result = store.verify(foreign)
+        assert not result.ok and any("another deployment" in p for p in result.problems)
+    finally:
+        for db in dbs:
+            db.close()
+
+
+def test_an_archive_left_at_the_old_place_is_reported_with_where_to_move_it(
+        credentialed: tuple[AuditDatabase, Path]) -> None:
+    db, root = credentialed
+    db.partitions.archive("2020-01")
+    current = root / str(db.deployment_id) / "audit_log_p2020_01"
+    shutil.move(current, root / "audit_log_p2020_01")  # where format 1 archives lay
+    with pytest.raises(ArchiveError, match="move it to") as unmoved:
+        db.partitions.archive_store().read_manifest("audit_log_p2020_01")
+    assert SECRET not in str(unmoved.value)

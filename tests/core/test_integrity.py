@@ -35,6 +35,7 @@ from audit_db_core.events import EVENT_COLUMNS
 from audit_db_core.ledger import entries
 from audit_db_core.merkle import leaf_hash, merkle_root, node_hash
 from audit_db_core.migrate import LOCK_CLASS
+from tests.conftest import archive_dir
 
 UTC = dt.UTC
 GRACE = 0.05
@@ -624,7 +625,7 @@ def archived(db: AuditDatabase) -> list[AuditEvent]:
 def test_archival_writes_the_digests_next_to_the_archive(
     db: AuditDatabase, archived: list[AuditEvent], tmp_path: Path, fresh_database: str
 ) -> None:
-    copy = tmp_path / "archive" / "audit_log_p2021_01" / ARCHIVE_COPY_NAME
+    copy = archive_dir(tmp_path / "archive", "audit_log_p2021_01") / ARCHIVE_COPY_NAME
     doc = json.loads(copy.read_bytes())
     assert len(doc["digests"]) == 27 and doc["chain"][0]["chain_seq"] == 1
     assert doc["unsealed"] == [["2021-01-01T00:00:00.000000Z", "2021-01-05T00:00:00.000000Z"]]
@@ -657,7 +658,7 @@ def test_an_edited_archive_file_is_caught_and_the_row_located(
     db: AuditDatabase, archived: list[AuditEvent], tmp_path: Path
 ) -> None:
     db.partitions.purge(dry_run=False)
-    data = tmp_path / "archive" / "audit_log_p2021_01" / "data-00000.parquet"
+    data = archive_dir(tmp_path / "archive", "audit_log_p2021_01") / "data-00000.parquet"
     victim = archived[2]
 
     def edit(rows: list[dict[str, Any]]) -> None:
@@ -677,7 +678,7 @@ def test_a_truncated_archive_is_reported_not_a_crash(
     db: AuditDatabase, archived: list[AuditEvent], tmp_path: Path
 ) -> None:
     db.partitions.purge(dry_run=False)
-    data = tmp_path / "archive" / "audit_log_p2021_01" / "data-00000.parquet"
+    data = archive_dir(tmp_path / "archive", "audit_log_p2021_01") / "data-00000.parquet"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     report = db.integrity.verify()
     assert report.status == "failed" and not report.ok
@@ -689,7 +690,7 @@ def test_a_truncated_archive_is_reported_not_a_crash(
 def test_a_forged_digest_copy_in_the_archive_is_caught(
     db: AuditDatabase, archived: list[AuditEvent], tmp_path: Path
 ) -> None:
-    copy = tmp_path / "archive" / "audit_log_p2021_01" / ARCHIVE_COPY_NAME
+    copy = archive_dir(tmp_path / "archive", "audit_log_p2021_01") / ARCHIVE_COPY_NAME
     doc = json.loads(copy.read_bytes())
     doc["digests"][0]["digest"]["event_count"] = 1
     doc["chain"][0]["event_count"] = 1

@@ -30,6 +30,7 @@ from audit_local.demo import demo_events
 from audit_db_core.errors import ArchiveError
 from audit_db_core.ledger import entries
 from audit_db_core.partitions import PartitionBounds
+from tests.conftest import archive_dir
 
 UTC = dt.UTC
 
@@ -60,7 +61,7 @@ def test_archive_exports_verifies_and_makes_read_only(ldb: AuditDatabase, fresh_
     rows = _count(fresh_database, "audit_log_p2020_01")
     result = ldb.partitions.archive("2020-01", run_id="arch-1")
     assert result.status == "archived" and result.rows == rows and result.files >= 1
-    manifest = ArchiveManifest.from_json((archive_root / "audit_log_p2020_01" / "manifest.json").read_bytes())
+    manifest = ArchiveManifest.from_json((archive_dir(archive_root, "audit_log_p2020_01") / "manifest.json").read_bytes())
     assert manifest.row_count == rows and manifest.content_digest == result.content_digest
     info = ldb.partitions.get("2020-01")
     assert info.state == "archived" and info.archive_checksum == manifest.content_digest
@@ -107,7 +108,7 @@ def test_on_archived_runs_inside_the_archive_transaction(ldb: AuditDatabase, fre
 
     pm = PartitionManager(ldb.connections, ldb.settings, on_archived=companion)
     assert pm.archive("2020-01", run_id="hook-2").status == "archived"
-    assert (archive_root / "audit_log_p2020_01" / "companion.txt").read_bytes() == b"hook-2"
+    assert (archive_dir(archive_root, "audit_log_p2020_01") / "companion.txt").read_bytes() == b"hook-2"
 
 
 def test_archive_inside_the_active_window_is_refused(ldb: AuditDatabase) -> None:
@@ -148,7 +149,7 @@ def test_purge_respects_retention_holds_and_verification(ldb: AuditDatabase, fre
         pm.archive(month)
     pm.hold("2020-02", "litigation hold #42")
     # Break the March archive: a purge must not drop a partition whose archive no longer verifies.
-    data = next((archive_root / "audit_log_p2020_03").glob("*.parquet"))
+    data = next((archive_dir(archive_root, "audit_log_p2020_03")).glob("*.parquet"))
     blob = bytearray(data.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     data.write_bytes(bytes(blob))
@@ -190,8 +191,8 @@ def test_purge_respects_retention_holds_and_verification(ldb: AuditDatabase, fre
     pm.release("2020-02", "case closed")
     later = pm.purge(dry_run=False)
     assert later.archives_deleted == ["audit_log_p2020_01"] and later.purged == ["audit_log_p2020_02"]
-    assert not (archive_root / "audit_log_p2020_01").exists()
-    assert (archive_root / "audit_log_p2020_02" / "manifest.json").exists()  # kept for its own archive retention
+    assert not (archive_dir(archive_root, "audit_log_p2020_01")).exists()
+    assert (archive_dir(archive_root, "audit_log_p2020_02") / "manifest.json").exists()  # kept for its own archive retention
 
 
 def test_purge_needs_the_archive_root_to_verify(ldb: AuditDatabase) -> None:
@@ -255,7 +256,7 @@ def test_killed_export_leaves_a_consistent_state_and_a_rerun_completes(
         proc.wait(30)
     pm = ldb.partitions
     assert pm.get("2020-03").state == "active"  # the registry claims nothing
-    assert not (archive_root / "audit_log_p2020_03" / "manifest.json").exists()
+    assert not (archive_dir(archive_root, "audit_log_p2020_03") / "manifest.json").exists()
     # The partition is writable again once the dead session's lock is gone (the server notices the closed socket).
     deadline = time.monotonic() + 30
     while True:

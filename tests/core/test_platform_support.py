@@ -21,6 +21,7 @@ from audit_db_core.ledger import entries
 from tests.conftest import TestServers as Servers
 from tests.conftest import with_dbname
 from tests.replication import replay_paused
+from tests.conftest import archive_dir
 
 UTC = dt.UTC
 
@@ -112,7 +113,7 @@ def test_verify_archives_rereads_every_archive_and_records_it(archived: tuple[Au
                                                               fresh_database: str) -> None:
     db, root = archived
     assert db.partitions.verify_archives() == [("audit_log_p2021_01", []), ("audit_log_p2021_02", [])]
-    data = next((root / "audit_log_p2021_02").glob("*.parquet"))
+    data = next((archive_dir(root, "audit_log_p2021_02")).glob("*.parquet"))
     blob = bytearray(data.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     data.write_bytes(bytes(blob))
@@ -123,7 +124,7 @@ def test_verify_archives_rereads_every_archive_and_records_it(archived: tuple[Au
         recorded = {e.partition_name: (e.outcome, e.run_id) for e in entries(conn, operation="verify")}
     assert recorded == {"audit_log_p2021_01": ("ok", "check-run"), "audit_log_p2021_02": ("failed", "check-run")}
     # A missing manifest is a problem of that archive, not an exception.
-    (root / "audit_log_p2021_01" / "manifest.json").unlink()
+    (archive_dir(root, "audit_log_p2021_01") / "manifest.json").unlink()
     assert "no manifest" in dict(db.partitions.verify_archives())["audit_log_p2021_01"][0]
 
 

@@ -31,6 +31,7 @@ from audit_db_core.integrity import generate_key_pair
 from audit_db_core.ledger import entries
 from audit_db_core.privacy import NO_SUBJECT, is_pseudonym
 from tests.core.test_roles import LoginRoles, login_roles  # noqa: F401  (fixture)
+from tests.conftest import archive_dir
 
 UTC = dt.UTC
 LOOKUP_KEY = "test-lookup-key-0123456789abcdefghijklmnop"
@@ -251,10 +252,10 @@ def test_an_unreadable_archive_is_named_and_the_rest_still_exported(
     """Without its manifest, or without an archive root, a purged period cannot be read: the export says which
     and why, and still holds the hot events; the erasure still erases."""
     _history(db)
-    (tmp_path / "archive" / "audit_log_p2021_01" / "manifest.json").unlink()
+    (archive_dir(tmp_path / "archive", "audit_log_p2021_01") / "manifest.json").unlink()
     export = db.privacy.export_subject(PATIENT)
     assert not export.complete and len(export.events) == 2 and export.events_from_archives == 0
-    manifest = (tmp_path / "archive" / "audit_log_p2021_01" / "manifest.json").as_uri()
+    manifest = (archive_dir(tmp_path / "archive", "audit_log_p2021_01") / "manifest.json").as_uri()
     assert export.unreadable == [f"audit_log_p2021_01: no archive manifest at {manifest}"]
     with AuditDatabase(privacy_settings(fresh_database, tmp_path, archive={})) as no_archive:
         export = no_archive.privacy.export_subject(PATIENT)

@@ -26,6 +26,7 @@ from audit_db_core.ledger import entries
 from audit_db_core.migrate import available_migrations, migrate
 from tests.conftest import TestServers as Servers
 from tests.conftest import dbname_of, scratch_database, with_dbname
+from tests.conftest import archive_dir
 
 UTC = dt.UTC
 GROUP_ROLES = ("audit_writer", "audit_reader", "audit_maintainer")
@@ -326,7 +327,7 @@ def test_maintainer_runs_the_partition_lifecycle(roles: RoleUrls, fresh_database
 
         archived = pm.archive("2020-01", run_id="roles")
         assert archived.status == "archived" and archived.rows > 0
-        assert (archive_root / "audit_log_p2020_01" / "manifest.json").is_file()
+        assert (archive_dir(archive_root, "audit_log_p2020_01") / "manifest.json").is_file()
         with AuditDatabase(maintainer.with_overrides(archive={"mode": "detach"})) as detaching:
             assert detaching.partitions.archive("2020-02", run_id="roles").detached
         pm.hold("2020-02", "case 12", run_id="roles")

@@ -18,6 +18,7 @@ from audit_db_core.partitions import bounds_for
 from audit_platform.assets import BACKFILL_POLICY, audit_log_archive, audit_log_partition
 from audit_platform.partitions import key_for_period
 from audit_platform.resources import AuditDatabaseResource
+from tests.conftest import archive_dir
 
 UTC = dt.UTC
 
@@ -102,7 +103,7 @@ def test_old_month_archive(fresh_database: str, archive_root: Path) -> None:
     result = materialize([audit_log_partition, audit_log_archive], fresh_database, partition_key="2021-03-01")
     assert result.success
     meta = metadata_of(result, "audit_log_archive")
-    assert meta["archive_uri"] == (archive_root / "audit_log_p2021_03" / "manifest.json").as_uri()
+    assert meta["archive_uri"] == (archive_dir(archive_root, "audit_log_p2021_03") / "manifest.json").as_uri()
     assert meta["archive_uri"].startswith(archive_root.as_uri())
     assert meta["rows"] == 300 and meta["files"] >= 1 and meta["archive_bytes"] > 0
     assert meta["compression_ratio"] > 1 and len(meta["content_digest"]) == 64 and len(meta["manifest_sha256"]) == 64

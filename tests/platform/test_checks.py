@@ -29,6 +29,7 @@ from audit_platform.resources import AuditDatabaseResource
 from tests.conftest import TestServers as Servers
 from tests.core.test_platform_support import replica_urls_for
 from tests.replication import replay_paused
+from tests.conftest import archive_dir
 
 UTC = dt.UTC
 WARN, ERROR = dg.AssetCheckSeverity.WARN, dg.AssetCheckSeverity.ERROR
@@ -100,7 +101,7 @@ def test_archives_verified(fresh_database: str, two_archives: Path, monkeypatch:
     ok = run_check(archives_verified, fresh_database)
     assert ok.passed and ok.severity == ERROR and meta(ok)["archives"] == 2
     # Corrupt one data file: the check fails with ERROR and names the partition.
-    data = next((two_archives / "audit_log_p2021_02").glob("*.parquet"))
+    data = next((archive_dir(two_archives, "audit_log_p2021_02")).glob("*.parquet"))
     blob = bytearray(data.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     data.write_bytes(bytes(blob))
