@@ -273,6 +273,7 @@ def test_reader_reads_but_cannot_write(roles: RoleUrls, db: AuditDatabase) -> No
 
 def test_reader_exports_a_report_and_leaves_only_that_ledger_entry(roles: RoleUrls, db: AuditDatabase,
                                                                    tmp_path: Path) -> None:
+    pytest.importorskip("pandas", reason="HIPAA reports need the 'reports' extra")
     import datetime as dt
 
     from audit_db_core.reports import read_report
