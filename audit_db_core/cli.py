@@ -38,11 +38,15 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from audit_db_core.errors import AuditError, ConfigurationError
 from audit_db_core.interfaces import PartitionLifecycle
 from audit_db_core.private_files import make_private_dirs, write_private
+
+if TYPE_CHECKING:
+    from audit_db_core.config import AuditSettings
+    from audit_db_core.database import AuditDatabase
 
 DEFAULT_DIR = ".audit-platform"
 logger = logging.getLogger("audit_db_core.cli")
@@ -74,20 +78,61 @@ def require_extra(extra: str, command: str, *modules: str) -> None:
         raise MissingExtraError(extra, command, missing)
 
 
-def settings_from_env() -> Any:
-    """``AuditSettings()`` from the ``AUDIT_*`` variables (imported when a command runs, not at start)."""
+#: What a missing or empty AUDIT_DATABASE_URL is told.
+DATABASE_URL_HINT = ("is not set: export the primary's URL (postgresql://user@host:5432/dbname, with the password "
+                     "after the user as user:password@ where one is needed), or start local servers and set "
+                     "everything with: eval \"$(audit-platform local up)\"")
+
+
+def settings_from_env() -> AuditSettings:
+    """``AuditSettings()`` from the ``AUDIT_*`` variables (imported when a command runs, not at start); without
+    ``AUDIT_DATABASE_URL`` the error says how to get one."""
     from audit_db_core.config import AuditSettings
 
-    return AuditSettings()
+    try:
+        return AuditSettings()
+    except ConfigurationError as exc:
+        unset = ("Field required", "must not be empty")
+        if not any(p.field == "AUDIT_DATABASE_URL" and p.reason in unset for p in exc.problems):
+            raise
+        raise ConfigurationError(exc.subject, [
+            (p.field, DATABASE_URL_HINT if p.field == "AUDIT_DATABASE_URL" else p.reason) for p in exc.problems
+        ]) from None
+
+
+#: Where the failures of a command's database operations are logged: quiet unless --verbose, since the command
+#: prints the error that ends it (one line) and a log line would say it a second time.
+FAILURES_LOGGER = "audit_db_core.cli.failures"
+
+
+def command_database(settings: AuditSettings | None = None) -> AuditDatabase:
+    """The :class:`~audit_db_core.database.AuditDatabase` a command works on (settings from the environment unless
+    given), with the settings' retry policy and its failures logged to :data:`FAILURES_LOGGER`."""
+    from audit_db_core.breakers import ErrorPolicy, RetryPolicy
+    from audit_db_core.database import AuditDatabase
+
+    settings = settings_from_env() if settings is None else settings
+    r = settings.retry
+    policy = ErrorPolicy(RetryPolicy(r.max_attempts, r.base_delay_seconds, r.max_delay_seconds),
+                         log=logging.getLogger(FAILURES_LOGGER))
+    return AuditDatabase(settings, errors=policy)
+
+
+def require_archive_root(settings: AuditSettings, command: str) -> None:
+    """Refuse ``command`` before it touches the database when ``AUDIT_ARCHIVE__ROOT_URI`` is unset (exit 2)."""
+    if not settings.archive.root_uri:
+        raise ConfigurationError("settings", [(
+            "AUDIT_ARCHIVE__ROOT_URI",
+            f"is not set, and {command} needs the archive root: export it (a directory as file:///path, or "
+            "s3://bucket/prefix), or set everything for local servers with: eval \"$(audit-platform local up)\"",
+        )])
 
 
 # -- database commands ---------------------------------------------------------------------------------------------
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    from audit_db_core.database import AuditDatabase
-
-    with AuditDatabase(settings_from_env()) as db:
+    with command_database() as db:
         result = db.migrate()
         parts = db.partitions.list_partitions()
     for label in result.applied:
@@ -98,16 +143,20 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from audit_db_core.database import AuditDatabase
-
-    db = AuditDatabase(settings_from_env())
+    db = command_database()
     try:
         db.open()
+    except ConfigurationError:
+        raise  # a setting the server refuses (exit 2); a server that does not answer is what health reports
     except AuditError as exc:
         report: dict[str, Any] = {"status": "unhealthy", "components": {"primary": {"healthy": False, "error": str(exc)}}}
     else:
         with db:
             report = db.health().to_dict()
+        primary_error = report["components"]["primary"].get("error") or ""
+        if primary_error.startswith(NOT_PERMITTED):  # the role cannot read what health reads: a setting, exit 2
+            print_err(f"AUDIT_DATABASE_URL: {ROLE_LACKS_PRIVILEGE}: {primary_error.removesuffix(' [health]')}")
+            return 2
     if args.json:
         print(json.dumps(report, indent=2, default=str))
     else:
@@ -155,9 +204,10 @@ def _when(text: str | None) -> Any:
 def cmd_partitions(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from audit_db_core.database import AuditDatabase
-
-    with AuditDatabase(settings_from_env()) as db:
+    settings = settings_from_env()
+    if args.action in ("archive", "purge", "restore"):
+        require_archive_root(settings, f"partitions {args.action}")
+    with command_database(settings) as db:
         pm: PartitionLifecycle = db.partitions
         run_id = args.run_id
         if args.action == "list":
@@ -252,7 +302,6 @@ _REPORT_ARGUMENTS = {
 def cmd_report(args: argparse.Namespace) -> int:
     """Make one report and write it to ``--output``, recorded in the lifecycle ledger. Bad input: exit 2, naming
     the option and the reason."""
-    from audit_db_core.database import AuditDatabase
     from audit_db_core.errors import AuditValidationError
 
     require_extra("reports", "report", "pandas")
@@ -265,7 +314,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if problems:
         raise ConfigurationError("report arguments", problems)
     try:
-        with AuditDatabase(settings_from_env()) as db:
+        with command_database() as db:
             reports = db.reports
             if args.kind == "access":
                 report = reports.access_report(args.org, args.target_id, args.since, args.until,
@@ -319,12 +368,11 @@ VERIFY_EXIT = {"verified": 0, "failed": 1, "incomplete": 3}
 def cmd_verify(args: argparse.Namespace) -> int:
     """Verify the digest chain and the rows (and archives) of [--from, --to) against it. Exit 0 verified, 1 any
     problem, 2 bad input, 3 incomplete (nothing wrong, but part of the range is not sealed or not readable)."""
-    from audit_db_core.database import AuditDatabase
     from audit_db_core.errors import AuditValidationError
 
     since, until = _instant(args.since, "--from"), _instant(args.until, "--to")
     try:
-        with AuditDatabase(settings_from_env()) as db:
+        with command_database() as db:
             report = db.integrity.verify(since, until, rows=not args.chain_only, anchors=args.anchor or (),
                                          run_id=args.run_id)
     except ConfigurationError:
@@ -356,11 +404,10 @@ def cmd_integrity(args: argparse.Namespace) -> int:
     if args.action == "check-proof":
         return _check_proof(args, integrity)
 
-    from audit_db_core.database import AuditDatabase
     from audit_db_core.errors import AuditValidationError
 
     try:
-        with AuditDatabase(settings_from_env()) as db:
+        with command_database() as db:
             if args.action == "seal":
                 result = db.integrity.seal(until=_instant(args.until, "--until"), run_id=args.run_id)
                 if args.json:
@@ -464,7 +511,6 @@ SUBJECT_NOT_FOUND_EXIT = 3
 def cmd_subject(args: argparse.Namespace) -> int:
     """Export everything the log holds about a data subject (JSON, to --output or stdout), or erase the subject.
     Both are recorded in the lifecycle ledger. The identifier is never printed except inside the export itself."""
-    from audit_db_core.database import AuditDatabase
     from audit_db_core.errors import AuditValidationError
 
     value = args.value
@@ -480,7 +526,7 @@ def cmd_subject(args: argparse.Namespace) -> int:
             print_err("nothing erased")
             return 1
     try:
-        with AuditDatabase(settings_from_env()) as db:
+        with command_database() as db:
             request = {"value": value, "subject_id": args.subject_id, "fields": args.field or None,
                        "run_id": args.run_id, "requested_by": args.requested_by}
             if args.action == "export":
@@ -609,18 +655,41 @@ def _add_plugin_parsers(sub: Any) -> None:
         entry.load()(sub)
 
 
+#: SQLSTATE of "permission denied" (insufficient_privilege), and how errors.classify's message for it begins.
+_INSUFFICIENT_PRIVILEGE = "42501"
+NOT_PERMITTED = "not permitted"
+ROLE_LACKS_PRIVILEGE = "the database role it names is not allowed to do this"
+
+
+def _setting_problem(exc: AuditError) -> str | None:
+    """The one line to show when ``exc`` means a setting is wrong (exit 2), else ``None``: an invalid or missing
+    setting; a server that the first connection could not reach or that refused it; a database role, named in
+    ``AUDIT_DATABASE_URL``, that lacks a privilege the command needs."""
+    if isinstance(exc, ConfigurationError) or exc.context.get("setting"):
+        return exc.message  # without the operation's "[connect]": the message names the setting
+    if exc.context.get("sqlstate") == _INSUFFICIENT_PRIVILEGE:
+        return f"AUDIT_DATABASE_URL: {ROLE_LACKS_PRIVILEGE}: {exc.message}"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        logging.getLogger(FAILURES_LOGGER).setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
-    except (ConfigurationError, MissingExtraError) as exc:
+    except MissingExtraError as exc:
         print_err(str(exc))
         return 2
     except AuditError as exc:
+        setting_problem = _setting_problem(exc)
+        if setting_problem is not None:
+            print_err(setting_problem)
+            return 2
         print_err(f"{type(exc).__name__}: {exc}")
         return 1
     except KeyboardInterrupt:

@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from audit_db_core.config import AuditSettings
-from audit_db_core.errors import AuditConnectionError, classify, redact
+from audit_db_core.errors import AuditConnectionError, ConnectionSettingError, classify, redact
 
 logger = logging.getLogger("audit_db_core.connections")
 
@@ -147,8 +147,15 @@ class ConnectionManager:
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def open(self, *, wait: bool = True) -> ConnectionManager:
+        """Open the pools. With ``wait`` (the default), first connect to the primary once, directly: a server that
+        refuses the settings (unknown host, missing database or role, wrong password, bad ``sslmode``) raises
+        :class:`ConnectionSettingError` at once, one that does not answer :class:`AuditConnectionError` at once —
+        both naming ``AUDIT_DATABASE_URL``. The pools' retries are for a server that was up and went away, not for
+        a first contact that cannot succeed. Then wait up to ``AUDIT_POOL__TIMEOUT_SECONDS`` for the pool."""
         if self._primary is not None:
             return self
+        if wait:
+            self._first_contact()
         pool_cfg = self.settings.pool
         self._primary = self._make_pool(
             self.settings.database_url.get_secret_value(), "primary", pool_cfg.min_size, pool_cfg.max_size
@@ -185,6 +192,22 @@ class ConnectionManager:
             check=ConnectionPool.check_connection,
             reconnect_timeout=self.settings.pool.reconnect_timeout_seconds,
         )
+
+    def _first_contact(self) -> None:
+        """One direct connection to the primary before any pool exists (a pool would retry in the background and
+        log each failure); raises at once with the cause when it fails, see :meth:`open`."""
+        try:
+            psycopg.connect(self.settings.database_url.get_secret_value(), **connect_kwargs(self.settings)).close()
+        except Exception as exc:
+            cause, kind = first_contact_problem(exc)
+            if kind == "busy":  # the server is up, only full: the pool waits for a free slot as usual
+                return
+            reason = f"cannot connect to the primary at {self.settings.display_database_url}: {cause}"
+            if kind == "settings":
+                raise ConnectionSettingError("settings", [("AUDIT_DATABASE_URL", reason)], operation="connect",
+                                             server="primary", setting="AUDIT_DATABASE_URL") from None
+            raise AuditConnectionError(f"AUDIT_DATABASE_URL: {reason}", operation="connect", server="primary",
+                                       setting="AUDIT_DATABASE_URL") from None
 
     def _probe(self, pool_error: BaseException) -> str:
         """The pool only says it timed out; one direct attempt tells the real cause (refused, bad password…)."""
@@ -479,6 +502,60 @@ class ConnectionManager:
                 "connection_errors": s.get("connections_errors", 0),
             }
         return out
+
+
+#: A server's answers at login that say it is there but cannot take us *now* (SQLSTATE 57P03, 53300): a retry may
+#: succeed. Every other refusal at login (missing database or role, authentication, privileges) is a setting.
+_SERVER_NOT_YET = ("the database system is starting up", "the database system is shutting down",
+                   "the database system is in recovery mode", "the database system is not yet accepting connections",
+                   "the database system is not accepting connections")
+_SERVER_FULL = ("too many clients", "remaining connection slots are reserved", "too many connections")
+#: libpq's own complaints, before or without a server's answer, that only a change of the URL mends.
+_CLIENT_SETTING = (
+    ("failed to resolve host", "unknown host: the name does not resolve (check the host in the URL)"),
+    ("could not translate host name", "unknown host: the name does not resolve (check the host in the URL)"),
+    ("invalid uri query parameter", "the URL has a query parameter libpq does not know"),
+    ("invalid connection option", "the URL has a connection option libpq does not know"),
+    ("invalid sslmode value", "invalid sslmode (use disable, allow, prefer, require, verify-ca or verify-full)"),
+    ("server does not support ssl", "the server does not support SSL, but sslmode requires it"),
+    ("invalid response to ssl negotiation", "the server at that host and port does not answer as PostgreSQL does"),
+    ("certificate verify failed", "the server's TLS certificate does not verify (sslmode verify-ca/verify-full)"),
+)
+#: libpq's words for a server that does not answer, and what to check.
+_UNREACHABLE = (
+    ("connection refused", "connection refused (is the server running, and is the port right?)"),
+    ("timeout expired", "no answer within AUDIT_POOL__CONNECT_TIMEOUT_SECONDS (is the host right, and reachable?)"),
+    ("no such file or directory", "no server socket in that directory (is the server running?)"),
+)
+
+
+def first_contact_problem(exc: BaseException) -> tuple[str, str]:
+    """Why a first connection attempt failed, in one line without secrets, and what kind of failure it is:
+    ``settings`` (a retry cannot help: a URL or the server's accounts must change), ``busy`` (the server is up but
+    full) or ``unreachable`` (nothing answered; the server may be down or the address wrong).
+
+    psycopg reports every login failure as an ``OperationalError`` without a SQLSTATE, so the text decides.
+
+    >>> first_contact_problem(psycopg.OperationalError('connection to server at "h", port 5432 failed: '
+    ...                                                'FATAL:  database "x" does not exist'))
+    ('database "x" does not exist', 'settings')
+    """
+    text = str(exc)
+    lower = text.lower()
+    if "fatal:" in lower:  # the server answered and turned us away: its first line, never a DETAIL
+        answer = redact(text[lower.index("fatal:") + len("fatal:"):].strip().splitlines()[0].strip())
+        if any(s in lower for s in _SERVER_FULL):
+            return answer, "busy"
+        if any(s in lower for s in _SERVER_NOT_YET):
+            return answer, "unreachable"
+        return answer, "settings"
+    for needle, reason in _CLIENT_SETTING:
+        if needle in lower:
+            return reason, "settings"
+    for needle, reason in _UNREACHABLE:
+        if needle in lower:
+            return reason, "unreachable"
+    return _reason(exc), "unreachable"
 
 
 def _reason(exc: BaseException) -> str:

@@ -281,6 +281,14 @@ class AuditConnectionError(AuditError):
     retryable = True
 
 
+class ConnectionSettingError(ConfigurationError, AuditConnectionError):
+    """The first connection to a server was refused for a reason no retry mends — an unknown host, a missing
+    database or role, a wrong password, a bad ``sslmode`` — so a setting (named in ``problems``) is wrong. It is
+    an :class:`AuditConnectionError` too, for code that handles unreachable servers, but never retryable."""
+
+    retryable = False
+
+
 class AuditTimeoutError(AuditError):
     """An operation ran past its deadline (statement timeout, pool acquisition timeout)."""
 

