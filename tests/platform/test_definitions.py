@@ -13,11 +13,13 @@ import dagster as dg
 
 REPO = Path(__file__).resolve().parents[2]
 
-JOBS = {"partition_maintenance_job", "archive_job", "retention_purge_job", "index_maintenance_job", "health_check_job",
-        "lifecycle_checks_job", "compliance_summary_job", "integrity_job", "subject_request_job"}
+JOBS = {"partition_maintenance_job", "archive_job", "archive_verification_job", "retention_purge_job",
+        "index_maintenance_job", "health_check_job", "lifecycle_checks_job", "compliance_summary_job", "integrity_job",
+        "subject_request_job"}
 SCHEDULES = {
     "partition_maintenance_schedule": ("15 0 * * *", "partition_maintenance_job"),
     "archive_schedule": ("0 1 * * *", "archive_job"),
+    "archive_verification_schedule": ("30 4 * * *", "archive_verification_job"),
     "retention_purge_schedule": ("0 2 * * *", "retention_purge_job"),
     "index_maintenance_schedule": ("0 3 * * 1", "index_maintenance_job"),
     "health_check_schedule": ("*/5 * * * *", "health_check_job"),
