@@ -9,7 +9,8 @@ check                    severity  passes when
 =======================  ========  ===========================================================================
 premake_coverage         WARN      the current period and the next AUDIT_PARTITIONS__PREMAKE ones exist
 default_partition_empty  WARN      the DEFAULT partition holds no rows
-archives_verified        ERROR     every kept archive re-reads and matches the registry's count and digest
+archives_verified        ERROR     every kept archive's manifest is the one recorded at archival, and the
+                                   archive picked in rotation this hour re-reads and matches the registry
 replica_lag              WARN      every replica is reachable, a standby, and within AUDIT_REPLICAS__MAX_LAG_*
 redis_reachable          WARN      the cache's Redis answers PING (or none is configured)
 breakers_closed          ERROR/    no process sharing the Redis has an open or half-open breaker (ERROR for
@@ -21,9 +22,13 @@ integrity_verified       ERROR/    the signed digest chain and the rows of the l
 
 breakers_closed: every process using the audit database publishes its breakers that are not closed to the shared
 Redis (``QueryCache.report_breaker``); the check reads them all (``fleet_breakers``), after making one real
-call through its own primary breaker. ERROR when a primary or partitions breaker is open anywhere (writes or the
-lifecycle fail fast there), WARN when only replica or Redis breakers are (reads fall back). Without a Redis the
-other processes cannot be seen: the check then says so and covers its own process only.
+call through its own primary breaker (:func:`primary_probe`: one index probe, whatever the size of the log).
+ERROR when a primary or partitions breaker is open anywhere (writes or the lifecycle fail fast there), WARN when
+only replica or Redis breakers are (reads fall back). Without a Redis the other processes cannot be seen: the
+check then says so and covers its own process only.
+
+Every check's cost stays flat as the log grows (docs/guides/dagster-platform.md has a table: what each reads);
+the full re-read of every archive is ``archive_verification_job``'s, daily.
 
 The checks are not partitioned: each looks at every partition at once, whichever partition was just materialized.
 A database that cannot be reached fails the check's step (the run fails and alerts), rather than being reported
@@ -32,11 +37,13 @@ as a passed or failed check.
 
 
 import datetime as dt
+import time
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
 
-from audit_db_core import AuditError, AuditQuery, ConfigurationError, ConnectionManager
+from audit_db_core import AuditDatabase, AuditError, AuditQuery, ConfigurationError, ConnectionManager
 from audit_db_core.health import redis_status
 from audit_platform.assets import audit_log_partition, failure, md_table
 from audit_platform.resources import AuditDatabaseResource
@@ -47,6 +54,11 @@ ERROR = dg.AssetCheckSeverity.ERROR
 
 def _result(passed: bool, severity: dg.AssetCheckSeverity, description: str, **metadata: Any) -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=passed, severity=severity, description=description, metadata=metadata)
+
+
+def elapsed_ms(started: float) -> float:
+    """Milliseconds since ``started`` (a ``time.perf_counter()`` reading): the ``duration_ms`` metadata Dagster plots."""
+    return round((time.perf_counter() - started) * 1000, 3)
 
 
 def _database_failure(check: str, exc: AuditError) -> dg.Failure:
@@ -105,20 +117,37 @@ def default_partition_empty(audit_db: AuditDatabaseResource) -> dg.AssetCheckRes
     )
 
 
+def rotation_pick(names: Sequence[str], now: dt.datetime) -> str | None:
+    """The archive ``archives_verified`` re-reads in full at ``now``: the hours since the epoch modulo the number
+    of archives picks one, so each is re-read once every ``len(names)`` hours, and two runs in one hour (a
+    materialization and the schedule) re-read the same one. ``None`` when there is none."""
+    if not names:
+        return None
+    return names[int(now.timestamp() // 3600) % len(names)]
+
+
 @dg.asset_check(
     asset=audit_log_partition,
-    description="Every archive that is kept (archived partitions, and purged ones whose archive is retained) "
-    "re-reads completely and matches the registry's row count, content digest and manifest SHA-256 (ERROR). "
-    "Each verification is recorded in the lifecycle ledger.",
+    description="Every archive that is kept (archived partitions, and purged ones whose archive is retained) has "
+    "its manifest, unchanged since archival (SHA-256 against the registry), and one of them — in rotation, a "
+    "different one each hour — re-reads completely and matches the registry's row count and content digest "
+    "(ERROR). Its cost does not grow with the log: one manifest per archive plus one archive. Failures are "
+    "recorded in the lifecycle ledger; archive_verification_job re-reads every archive daily.",
 )
 def archives_verified(context: dg.AssetCheckExecutionContext, audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
-    """Re-read every kept archive through the core (``PartitionManager.verify_archives``)."""
+    """Manifests of every kept archive, plus one archive re-read in full (``PartitionManager.verify_archives``)."""
+    started = time.perf_counter()
+    sample: str | None = None
     try:
         with audit_db.open() as db:
+            pm = db.partitions
             try:
-                results = db.partitions.verify_archives(record=True, run_id=context.run.run_id)  # verifications are ledgered
+                manifests = pm.verify_archives(full=False, record="failures", run_id=context.run.run_id)
+                sample = rotation_pick([n for n, problems in manifests if not problems], dt.datetime.now(dt.UTC))
+                full = dict(pm.verify_archives(partitions=[sample], record="failures", run_id=context.run.run_id)
+                            if sample else [])
             except ConfigurationError as exc:
-                archived = [p.name for p in db.partitions.list_partitions() if p.state != "active"]
+                archived = [p.name for p in pm.list_partitions() if p.state != "active"]
                 return _result(
                     False, WARN,
                     f"AUDIT_ARCHIVE__ROOT_URI not set: the archives of {len(archived)} partition(s) cannot be "
@@ -127,15 +156,25 @@ def archives_verified(context: dg.AssetCheckExecutionContext, audit_db: AuditDat
                 )
     except AuditError as exc:
         raise _database_failure("archives_verified", exc) from None
+    results = [(name, problems or full.get(name, [])) for name, problems in manifests]
     bad = [(name, problems) for name, problems in results if problems]
-    table = md_table(["partition", "result"], [[n, "; ".join(p) or "verified"] for n, p in results])
+
+    def outcome(name: str, problems: list[str]) -> str:
+        if problems:
+            return "; ".join(problems)
+        return "verified (manifest and every file re-read)" if name == sample else "manifest verified"
+
+    table = md_table(["partition", "result"], [[n, outcome(n, p)] for n, p in results])
     return _result(
         not bad,
         ERROR,
-        f"{len(results)} archive(s) verified" if not bad else
+        (f"{len(results)} archive manifest(s) verified; {sample} re-read in full" if sample else
+         "no archived partitions") if not bad else
         f"{len(bad)} of {len(results)} archive(s) do not verify: {', '.join(n for n, _ in bad)}",
         archives=len(results),
         failed=len(bad),
+        reread_in_full=sample or "none",
+        duration_ms=elapsed_ms(started),
         results=dg.MetadataValue.md(table) if results else "no archived partitions",
     )
 
@@ -229,6 +268,15 @@ def ledger_consistent(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
     )
 
 
+def primary_probe(db: AuditDatabase) -> None:
+    """One real read on the primary, through this process's primary breaker, whose cost does not grow with the log:
+    the newest event of the last millisecond — one probe of the primary key's index in the current partition
+    (partition pruning keeps every other partition out). Raises what the read raises."""
+    now = dt.datetime.now(dt.UTC)
+    db.query(AuditQuery(since=now - dt.timedelta(milliseconds=1), until=now, limit=1), consistency="strong",
+             use_cache=False)
+
+
 @dg.asset_check(
     asset=audit_log_partition,
     description="No process that uses the audit database has a circuit breaker open or half-open (ERROR for the "
@@ -238,7 +286,7 @@ def breakers_closed(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
     """Read every process's published breaker states (``QueryCache.fleet_breakers``) plus this run's own."""
     try:
         with audit_db.open() as db:
-            db.count(AuditQuery(limit=1), consistency="strong", use_cache=False)  # one real call, through the breaker
+            primary_probe(db)
             own = [{"breaker": n, "state": b["state"], "host": "this run", "pid": "", "since": "",
                     "last_failure": b["last_failure"] or ""}
                    for n, b in db.breakers.stats().items() if b["state"] != "closed"]
@@ -250,7 +298,8 @@ def breakers_closed(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
     rows = [[b["breaker"], b["state"], b.get("host", ""), b.get("pid", ""),
              dt.datetime.fromtimestamp(b["since"], dt.UTC).isoformat(timespec="seconds")
              if isinstance(b.get("since"), (int, float)) else "", b.get("last_failure") or ""] for b in not_closed]
-    scope = "every process sharing the Redis" if fleet is not None else         "this run only (no Redis configured or reachable: other processes' breakers cannot be seen)"
+    scope = ("every process sharing the Redis" if fleet is not None else
+             "this run only (no Redis configured or reachable: other processes' breakers cannot be seen)")
     return _result(
         not not_closed,
         ERROR if critical else WARN,
@@ -258,6 +307,8 @@ def breakers_closed(audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
         f"{len(not_closed)} breaker(s) not closed: " + ", ".join(f"{r[0]} {r[1]} on {r[2]}" for r in rows[:5]),
         scope=scope,
         not_closed=len(not_closed),
+        open=sum(1 for b in not_closed if b["state"] == "open"),
+        half_open=sum(1 for b in not_closed if b["state"] == "half_open"),
         breakers=dg.MetadataValue.md(md_table(["breaker", "state", "host", "pid", "since", "last failure"], rows))
         if rows else "none",
     )
@@ -293,6 +344,7 @@ def integrity_metadata(report: Any) -> dict[str, Any]:
 )
 def integrity_verified(context: dg.AssetCheckExecutionContext, audit_db: AuditDatabaseResource) -> dg.AssetCheckResult:
     """``IntegrityManager.verify`` over the lookback; a full re-read is ``audit-platform verify``."""
+    started = time.perf_counter()
     try:
         with audit_db.open() as db:
             try:
@@ -303,7 +355,7 @@ def integrity_verified(context: dg.AssetCheckExecutionContext, audit_db: AuditDa
     except AuditError as exc:
         raise _database_failure("integrity_verified", exc) from None
     return _result(report.ok, ERROR if report.status == "failed" else WARN, report.summary(),
-                   **integrity_metadata(report))
+                   **integrity_metadata(report), duration_ms=elapsed_ms(started))
 
 CHECKS = [premake_coverage, default_partition_empty, archives_verified, replica_lag, redis_reachable,
           breakers_closed, ledger_consistent, integrity_verified]

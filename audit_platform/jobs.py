@@ -6,10 +6,14 @@ job                                schedule            what it does (through ``a
 ``partition_maintenance_job``      daily 00:15         premake the current + next N partitions, then rescue DEFAULT
 ``archive_job`` (asset job)        daily 01:00         archive each period the maintenance plan lists (past the
                                                        active window) — one run per period
+``archive_verification_job``       daily 04:30         re-read every kept archive in full against the registry
+                                                       (the hourly check reads manifests + one archive)
 ``retention_purge_job``            daily 02:00         retention purge; a dry run unless
                                                        ``AUDIT_PLATFORM_PURGE_EXECUTE=true``
 ``index_maintenance_job``          Monday 03:00        ANALYZE / BRIN summarize / REINDEX bloated indexes
 ``health_check_job``               every 5 minutes     the core health report; the run fails when unhealthy
+``lifecycle_checks_job``           hourly at :40       the asset checks of ``audit_log_partition`` on their own
+(asset job)                                            (integrity_verified runs in integrity_job instead)
 ``integrity_job``                  daily 00:45         seal the digests that are due, then verify the chain and
                                                        the windows of AUDIT_INTEGRITY__VERIFY_LOOKBACK
 ``compliance_summary_job``         2nd of the month    the compliance summary of the period that closed (asset
@@ -29,6 +33,7 @@ which records it in the lifecycle ledger.
 
 import datetime as dt
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,7 +45,7 @@ from audit_db_core import AuditError, ConfigurationError
 from audit_db_core.config import partition_settings_from_env
 from audit_db_core.partitions import CreateResult, bounds_for
 from audit_platform.assets import audit_log_archive, audit_log_partition, compliance_summary, failure, md_table
-from audit_platform.checks import integrity_verified
+from audit_platform.checks import elapsed_ms, integrity_metadata, integrity_verified
 from audit_platform.partitions import PARTITIONS, key_for_period
 from audit_platform.resources import AuditDatabaseResource
 
@@ -231,6 +236,56 @@ def archive_schedule(
     return requests
 
 
+# -- archive verification -------------------------------------------------------------------------------------------
+
+
+@dg.op(description="Re-read every kept archive in full (every file hashed and scanned) and compare it with the "
+                   "registry's manifest SHA-256, row count and content digest; each verification is recorded in the "
+                   "lifecycle ledger. The run fails when one does not verify.")
+def verify_all_archives(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[dict[str, Any]]:
+    """``PartitionManager.verify_archives(record=True)``: the full verification the hourly ``archives_verified``
+    check spreads out (it re-reads one archive per hour, in rotation, and every manifest)."""
+    started = time.perf_counter()
+    try:
+        with audit_db.open() as db:
+            results = db.partitions.verify_archives(record=True, run_id=context.run_id)
+    except AuditError as exc:
+        raise failure(f"archive verification could not run: {exc.message}",
+                      error_category=exc.category.value) from None
+    bad = [(name, problems) for name, problems in results if problems]
+    metadata: dict[str, Any] = {
+        "archives": len(results),
+        "failed": len(bad),
+        "duration_ms": elapsed_ms(started),
+        "results": dg.MetadataValue.md(md_table(
+            ["partition", "result"], [[n, "; ".join(p) or "verified"] for n, p in results])) if results
+        else "no archived partitions",
+    }
+    if bad:
+        raise failure(f"{len(bad)} of {len(results)} archive(s) do not verify: "
+                      + "; ".join(f"{n}: {'; '.join(p)}" for n, p in bad[:5]), **metadata)
+    context.log.info(f"{len(results)} archive(s) re-read in full and verified")
+    return dg.Output({"archives": len(results), "failed": 0}, metadata=metadata)
+
+
+@dg.job(description="Re-read every kept archive in full and verify it against the registry (ledgered); fails on "
+                    "any archive that does not verify.", tags={"audit/lifecycle": "archival"})
+def archive_verification_job() -> None:
+    """verify_all_archives."""
+    verify_all_archives()
+
+
+archive_verification_schedule = dg.ScheduleDefinition(
+    name="archive_verification_schedule",
+    job=archive_verification_job,
+    cron_schedule="30 4 * * *",
+    execution_timezone=TIMEZONE,
+    default_status=DEFAULT_STATUS,
+    description="Daily at 04:30 UTC: re-read every kept archive in full (the hourly check reads manifests and one "
+    "archive in rotation).",
+)
+
+
 # -- retention purge ------------------------------------------------------------------------------------------------
 
 
@@ -364,6 +419,26 @@ index_maintenance_schedule = dg.ScheduleDefinition(
 # -- health ---------------------------------------------------------------------------------------------------------
 
 
+def health_numbers(report: Any) -> dict[str, int | float]:
+    """The numbers of a :class:`~audit_db_core.health.HealthReport` Dagster plots run after run, under stable keys:
+    each replica's lag (``<replica>_lag_bytes`` / ``_lag_seconds``, when measured), the rows in DEFAULT, the
+    breakers not closed and how often this process's breakers opened, and this process's query-cache hit ratio
+    (over ``cache_lookups`` lookups: the health run's own cache, not the applications')."""
+    numbers: dict[str, int | float] = {}
+    for name, component in report.components.items():
+        for unit in ("bytes", "seconds"):
+            value = component.details.get(f"lag_{unit}")
+            if name.startswith("replica") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                numbers[f"{name}_lag_{unit}"] = value
+    if isinstance(report.partitions.get("default_rows"), int):
+        numbers["default_rows"] = report.partitions["default_rows"]
+    numbers["breakers_not_closed"] = sum(1 for b in report.breakers.values() if b.get("state") != "closed")
+    numbers["breaker_opens"] = sum(int(b.get("opened", 0)) for b in report.breakers.values())
+    numbers["cache_lookups"] = int(report.cache.get("lookups", 0))
+    numbers["cache_hit_ratio"] = float(report.cache.get("hit_ratio", 0.0))
+    return numbers
+
+
 @dg.op(description="The core health report (primary, schema, replicas and their lag, Redis, pools); fails the run "
                    "when anything is unhealthy.")
 def health_report(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[str]:
@@ -383,6 +458,7 @@ def health_report(context: dg.OpExecutionContext, audit_db: AuditDatabaseResourc
     metadata: dict[str, Any] = {
         "status": report.status,
         "schema_version": report.schema_version if report.schema_version is not None else -1,
+        **health_numbers(report),
         "components": dg.MetadataValue.md(table),
         "report": dg.MetadataValue.json(report.to_dict()),
     }
@@ -481,6 +557,7 @@ def compliance_summary_schedule(context: dg.ScheduleEvaluationContext) -> dg.Run
                    "window that received late events (audit_db_core.integrity). Needs AUDIT_INTEGRITY__SIGNING_KEY.")
 def seal_digests(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[dict[str, Any]]:
     """``IntegrityManager.seal``; the new digests (and the chain head to publish) as metadata."""
+    started = time.perf_counter()
     try:
         with audit_db.open() as db:
             result = db.integrity.seal(run_id=context.run_id)
@@ -498,6 +575,7 @@ def seal_digests(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource
             "digests": len(result.digests),
             "events": result.events,
             "supplements": result.supplements,
+            "duration_ms": elapsed_ms(started),
             "reason": result.reason or "none",
             "cutoff": str(result.cutoff) if result.cutoff else "none",
             "head_chain_seq": result.head_chain_seq if result.head_chain_seq is not None else -1,
@@ -521,8 +599,7 @@ def verify_integrity(
     context: dg.OpExecutionContext, config: VerifyIntegrityConfig, audit_db: AuditDatabaseResource
 ) -> dg.Output[str]:
     """``IntegrityManager.verify``; problems located (kind, window, event key, source) as a Markdown table."""
-    from audit_platform.checks import integrity_metadata
-
+    started = time.perf_counter()
     try:
         with audit_db.open() as db:
             since = None if config.full else db.integrity.lookback_start()
@@ -530,7 +607,7 @@ def verify_integrity(
     except AuditError as exc:
         raise failure(f"integrity verification could not run: {exc.message}",
                       error_category=exc.category.value) from None
-    metadata = integrity_metadata(report)
+    metadata = {**integrity_metadata(report), "duration_ms": elapsed_ms(started)}
     if report.status == "failed":
         raise failure(f"integrity verification failed: {report.summary()}", **metadata)
     if report.status == "incomplete":
@@ -641,6 +718,7 @@ def subject_request_job() -> None:
 JOBS: "list[dg.JobDefinition | UnresolvedAssetJobDefinition]" = [
     partition_maintenance_job,
     archive_job,
+    archive_verification_job,
     retention_purge_job,
     index_maintenance_job,
     health_check_job,
@@ -652,6 +730,7 @@ JOBS: "list[dg.JobDefinition | UnresolvedAssetJobDefinition]" = [
 SCHEDULES: list[dg.ScheduleDefinition] = [
     partition_maintenance_schedule,
     archive_schedule,
+    archive_verification_schedule,
     retention_purge_schedule,
     index_maintenance_schedule,
     health_check_schedule,

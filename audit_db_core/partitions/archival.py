@@ -20,8 +20,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Callable, Collection
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import psycopg
 from psycopg import sql
@@ -267,35 +267,47 @@ def restore(pm: ManagerState, period: Any, *, table: str | None = None, run_id: 
 # -- verification of the archives kept ------------------------------------------------------------------------------
 
 
-def archive_problems(p: PartitionInfo, store: ArchiveStore) -> list[str]:
+def archive_problems(p: PartitionInfo, store: ArchiveStore, *, full: bool = True) -> list[str]:
     """What is wrong with the archive of registered partition ``p`` (empty: it verifies against the registry's
-    manifest SHA-256, row count and content digest)."""
+    manifest SHA-256, row count and content digest). ``full=False`` reads the manifest only (a few KB, whatever
+    the archive's size): present, well-formed, this deployment's, and the one recorded at archival."""
     manifest = store.read_manifest(p.name)
     if manifest is None:
         return [f"no manifest at {store.manifest_uri(p.name)}"]
     if manifest.sha256 != p.archive_manifest_sha256:
         return ["manifest differs from the one recorded at archival"]
+    if not full:
+        return []
     check = store.verify(manifest, expected_rows=p.row_count, expected_digest=p.archive_checksum)
     return [] if check.ok else list(check.problems)
 
 
 def verify_archives(
-    pm: ManagerState, *, record: bool = False, run_id: str | None = None
+    pm: ManagerState,
+    *,
+    record: bool | Literal["failures"] = False,
+    run_id: str | None = None,
+    full: bool = True,
+    partitions: Collection[str] | None = None,
 ) -> list[tuple[str, list[str]]]:
     """Re-read the archive of every archived partition (and of every purged one whose archive is still kept)
     and verify it against the registry's row count, content digest and manifest SHA-256.
 
     Returns ``(partition, problems)`` for every archive checked, oldest first; an empty ``problems`` list
     means it verified. With ``record=True`` each verification is appended to the ledger (operation
-    ``verify``, outcome ``ok`` or ``failed``). Raises :class:`ConfigurationError` when archives exist but
-    ``AUDIT_ARCHIVE__ROOT_URI`` is not set (they cannot be read).
+    ``verify``, outcome ``ok`` or ``failed``); ``record="failures"`` appends the failed ones only.
+    ``full=False`` checks the manifests only (see :func:`archive_problems`); ``partitions`` limits the check to
+    those names. Raises :class:`ConfigurationError` when archives exist but ``AUDIT_ARCHIVE__ROOT_URI`` is not
+    set (they cannot be read).
 
     Example::
 
         bad = [(name, problems) for name, problems in pm.verify_archives() if problems]
+        pm.verify_archives(full=False)                          # manifests only: cheap, whatever the sizes
     """
     archived = [p for p in list_partitions(pm)
-                if p.state in ("archived", "purged") and p.archive_uri and p.archive_deleted_at is None]
+                if p.state in ("archived", "purged") and p.archive_uri and p.archive_deleted_at is None
+                and (partitions is None or p.name in partitions)]
     if not archived:
         return []
     store = pm.archive_store()
@@ -303,13 +315,14 @@ def verify_archives(
     for p in archived:
         started = time.perf_counter()
         try:
-            problems = archive_problems(p, store)
+            problems = archive_problems(p, store, full=full)
         except AuditError as exc:  # a malformed manifest or an unreadable root: this archive does not verify
             problems = [exc.message]
         out.append((p.name, problems))
-        if record:
+        if record is True or (record == "failures" and problems):
             with pm._conn("verify_archive") as conn, conn.transaction():
                 ledger.record(conn, "verify", p.name, "failed" if problems else "ok", run_id=run_id,
                               rows=p.row_count, checksum=p.archive_checksum, duration_ms=_elapsed_ms(started),
-                              details={"archive_uri": p.archive_uri, "problems": problems})
+                              details={"archive_uri": p.archive_uri, "problems": problems,
+                                       **({} if full else {"manifest_only": True})})
     return out

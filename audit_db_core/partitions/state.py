@@ -5,9 +5,9 @@ package has no import cycle, not even one of type hints)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -37,7 +37,10 @@ class ManagerState(Protocol):
 
     def plan(self, now: dt.datetime | None = None) -> MaintenancePlan: ...
 
-    def verify_archives(self, *, record: bool = False, run_id: str | None = None) -> list[tuple[str, list[str]]]: ...
+    def verify_archives(
+        self, *, record: bool | Literal["failures"] = False, run_id: str | None = None, full: bool = True,
+        partitions: Collection[str] | None = None,
+    ) -> list[tuple[str, list[str]]]: ...
 
 
 

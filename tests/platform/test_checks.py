@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,9 @@ from audit_platform.checks import (
     premake_coverage,
     redis_reachable,
     replica_lag,
+    rotation_pick,
 )
+from audit_platform.jobs import archive_verification_job
 from audit_platform.resources import AuditDatabaseResource
 from tests.conftest import TestServers as Servers
 from tests.core.test_platform_support import replica_urls_for
@@ -97,27 +101,81 @@ def two_archives(fresh_database: str, tmp_path: Path, monkeypatch: pytest.Monkey
     return root
 
 
-def test_archives_verified(fresh_database: str, two_archives: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    ok = run_check(archives_verified, fresh_database)
-    assert ok.passed and ok.severity == ERROR and meta(ok)["archives"] == 2
-    # Corrupt one data file: the check fails with ERROR and names the partition.
-    data = next((archive_dir(two_archives, "audit_log_p2021_02")).glob("*.parquet"))
-    blob = bytearray(data.read_bytes())
+def _flip_a_byte(path: Path) -> None:
+    blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
-    data.write_bytes(bytes(blob))
+    path.write_bytes(bytes(blob))
+
+
+def _ledger(url: str, operation: str) -> list[tuple[str | None, str]]:
+    with psycopg.connect(url) as conn:
+        return sorted((e.partition_name, e.outcome) for e in entries(conn, operation=operation))
+
+
+ARCHIVES = ["audit_log_p2021_01", "audit_log_p2021_02"]
+
+
+def test_archives_verified_reads_manifests_and_one_archive_per_hour(fresh_database: str, two_archives: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    ok = run_check(archives_verified, fresh_database)
+    values = meta(ok)
+    assert ok.passed and ok.severity == ERROR and values["archives"] == 2 and values["failed"] == 0
+    assert values["reread_in_full"] in ARCHIVES and isinstance(values["duration_ms"], float)
+    assert _ledger(fresh_database, "verify") == []  # a passing hourly check adds nothing to the ledger
+
+    # Corrupt a data file of BOTH archives (their manifests stay intact): only the archive re-read this hour can
+    # notice — the other one's data files are not read by this run.
+    for name in ARCHIVES:
+        _flip_a_byte(next(archive_dir(two_archives, name).glob("*.parquet")))
     bad = run_check(archives_verified, fresh_database)
-    assert not bad.passed and bad.severity == ERROR
-    assert meta(bad)["failed"] == 1 and "audit_log_p2021_02" in (bad.description or "")
-    assert "sha256 differs" in meta(bad)["results"]
-    with psycopg.connect(fresh_database) as conn:
-        outcomes = sorted((e.partition_name, e.outcome) for e in entries(conn, operation="verify"))
-    assert outcomes == [("audit_log_p2021_01", "ok"), ("audit_log_p2021_01", "ok"),
-                        ("audit_log_p2021_02", "failed"), ("audit_log_p2021_02", "ok")]
+    values = meta(bad)
+    sampled = values["reread_in_full"]
+    assert not bad.passed and bad.severity == ERROR and values["failed"] == 1
+    assert f"1 of 2 archive(s) do not verify: {sampled}" == bad.description
+    assert "sha256 differs" in values["results"] and "manifest verified" in values["results"]
+    assert _ledger(fresh_database, "verify") == [(sampled, "failed")]  # failures are ledgered
+
+    # The rotation: each hour another archive is re-read, so every one is within len(archives) hours.
+    hour = dt.datetime(2026, 11, 30, 14, 5, tzinfo=UTC)
+    picks = [rotation_pick(ARCHIVES, hour + dt.timedelta(hours=h)) for h in range(4)]
+    assert picks[0] != picks[1] and picks[:2] == picks[2:] and set(picks) == set(ARCHIVES)
+    assert rotation_pick(ARCHIVES, hour) == rotation_pick(ARCHIVES, hour + dt.timedelta(minutes=50))
+    assert rotation_pick([], hour) is None
+
+    # A manifest changed after archival is seen on every run, whichever archive is re-read.
+    other = next(n for n in ARCHIVES if n != sampled)
+    manifest = archive_dir(two_archives, other) / "manifest.json"
+    content = json.loads(manifest.read_bytes())
+    content["created_at"] = "2021-03-01T00:00:00.000000Z"  # rewritten: its SHA-256 is no longer the registry's
+    manifest.write_text(json.dumps(content))
+    assert "manifest differs from the one recorded at archival" in meta(run_check(archives_verified,
+                                                                             fresh_database))["results"]
+
     # Archives exist but the root is not configured: they cannot be verified (WARN, says which variable).
     monkeypatch.delenv("AUDIT_ARCHIVE__ROOT_URI")
     unset = run_check(archives_verified, fresh_database)
     assert not unset.passed and unset.severity == WARN
     assert (unset.description or "").startswith("AUDIT_ARCHIVE__ROOT_URI not set")
+
+
+def test_archive_verification_job_rereads_every_archive_daily(fresh_database: str, two_archives: Path) -> None:
+    resources = {"audit_db": AuditDatabaseResource(database_url=fresh_database)}
+    ok = archive_verification_job.execute_in_process(resources=resources, instance=dg.DagsterInstance.ephemeral())
+    assert ok.success
+    (output,) = [e for e in ok.all_node_events if e.event_type_value == "STEP_OUTPUT"]
+    values = {k: v.value for k, v in output.step_output_data.metadata.items()}
+    assert values["archives"] == 2 and values["failed"] == 0 and values["duration_ms"] > 0
+    assert _ledger(fresh_database, "verify") == [(n, "ok") for n in ARCHIVES]  # full verifications are ledgered
+
+    _flip_a_byte(next(archive_dir(two_archives, ARCHIVES[1]).glob("*.parquet")))
+    bad = archive_verification_job.execute_in_process(resources=resources, instance=dg.DagsterInstance.ephemeral(),
+                                                      raise_on_error=False)
+    assert not bad.success
+    (failure,) = bad.get_step_failure_events()
+    description = failure.step_failure_data.user_failure_data.description
+    assert description.startswith(f"1 of 2 archive(s) do not verify: {ARCHIVES[1]}: ") and "sha256" in description
+    assert _ledger(fresh_database, "verify") == [(ARCHIVES[0], "ok"), (ARCHIVES[0], "ok"), (ARCHIVES[1], "failed"),
+                                                 (ARCHIVES[1], "ok")]
 
 
 def test_archives_verified_passes_without_archives_or_root(fresh_database: str) -> None:
@@ -205,3 +263,39 @@ def test_breakers_closed_sees_open_breakers_of_other_processes(fresh_database: s
         assert meta(err)["not_closed"] == 2
     # the app closed: its breakers are withdrawn with it
     assert run_check(breakers_closed, fresh_database, redis_url=servers.redis_url).passed
+
+
+def _scans(url: str) -> dict[str, int]:
+    """Sequential plus index scans started on each partition of ``audit_log`` (PostgreSQL's statistics)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        rows = conn.execute(
+            "SELECT c.relname, coalesce(s.seq_scan, 0) + coalesce(s.idx_scan, 0) FROM pg_inherits i"
+            " JOIN pg_class c ON c.oid = i.inhrelid JOIN pg_stat_user_tables s ON s.relid = c.oid"
+            " WHERE i.inhparent = 'audit_log'::regclass").fetchall()
+    return {name: int(n) for name, n in rows}
+
+
+def test_breakers_closed_probes_one_partition_not_the_whole_log(fresh_database: str) -> None:
+    with AuditDatabase(AuditSettings(database_url=fresh_database)) as db:
+        for month in ("2021-01", "2021-02", "2021-03"):
+            db.partitions.create_partition(month)
+        db.insert_many(demo_events(300, now=dt.datetime(2021, 4, 1, tzinfo=UTC), span=dt.timedelta(days=89)))
+        db.insert_many(demo_events(50, span=dt.timedelta(days=2)))
+        current = db.partitions.find_partition(dt.datetime.now(UTC))
+    assert current is not None
+    before = _scans(fresh_database)
+    assert len(before) >= 7  # three old months, DEFAULT, the current period and the premade ones
+
+    result = run_check(breakers_closed, fresh_database)
+    assert result.passed and "this run only" in (result.description or "")
+    assert meta(result)["open"] == meta(result)["half_open"] == meta(result)["not_closed"] == 0
+    # The check's connections are closed, so their statistics reach the server; wait until the probe's scan shows.
+    after = before
+    for _ in range(50):
+        after = _scans(fresh_database)
+        if after[current.name] > before[current.name]:
+            break
+        time.sleep(0.1)
+    changed = {name for name in after if after[name] != before.get(name)}
+    assert changed == {current.name}  # one probe of the current period; no other partition (nor DEFAULT) read

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,11 +14,13 @@ import dagster as dg
 
 REPO = Path(__file__).resolve().parents[2]
 
-JOBS = {"partition_maintenance_job", "archive_job", "retention_purge_job", "index_maintenance_job", "health_check_job",
-        "lifecycle_checks_job", "compliance_summary_job", "integrity_job", "subject_request_job"}
+JOBS = {"partition_maintenance_job", "archive_job", "archive_verification_job", "retention_purge_job",
+        "index_maintenance_job", "health_check_job", "lifecycle_checks_job", "compliance_summary_job", "integrity_job",
+        "subject_request_job"}
 SCHEDULES = {
     "partition_maintenance_schedule": ("15 0 * * *", "partition_maintenance_job"),
     "archive_schedule": ("0 1 * * *", "archive_job"),
+    "archive_verification_schedule": ("30 4 * * *", "archive_verification_job"),
     "retention_purge_schedule": ("0 2 * * *", "retention_purge_job"),
     "index_maintenance_schedule": ("0 3 * * 1", "index_maintenance_job"),
     "health_check_schedule": ("*/5 * * * *", "health_check_job"),
@@ -25,7 +28,7 @@ SCHEDULES = {
     "compliance_summary_schedule": ("0 6 2 * *", "compliance_summary_job"),
     "integrity_schedule": ("45 0 * * *", "integrity_job"),
 }
-SENSORS = {"run_failure_alert_sensor", "default_partition_sensor"}
+SENSORS = {"run_failure_alert_sensor", "default_partition_sensor", "partition_registry_sensor"}
 ASSETS = {"audit_log_partition", "audit_log_archive", "compliance_summary"}
 CHECKS = {"premake_coverage", "default_partition_empty", "archives_verified", "replica_lag", "redis_reachable",
           "breakers_closed", "ledger_consistent", "integrity_verified"}
@@ -54,6 +57,21 @@ def test_everything_is_defined() -> None:
     assert repo.get_job("archive_job").partitions_def == PARTITIONS
     upstream = repo.asset_graph.get(dg.AssetKey("audit_log_archive")).parent_keys
     assert upstream == {dg.AssetKey("audit_log_partition")}
+
+
+def test_the_guide_lists_exactly_what_is_defined() -> None:
+    """docs/guides/dagster-platform.md's first table names every job, schedule, sensor and check, and no other."""
+    from audit_platform.definitions import defs
+
+    guide = (REPO / "docs" / "guides" / "dagster-platform.md").read_text()
+    rows = dict(re.findall(r"^\| (assets|jobs|schedules|asset checks[^|]*|sensors) \| (.*) \|$", guide, re.M))
+    listed = {kind.split(" (")[0]: set(re.findall(r"`(\w+)`", names)) for kind, names in rows.items()}
+    repo = defs.get_repository_def()
+    assert listed["jobs"] == JOBS == {j.name for j in repo.get_all_jobs() if not j.name.startswith("__")}
+    assert listed["schedules"] == set(SCHEDULES)
+    assert listed["sensors"] == SENSORS == {s.name for s in repo.sensor_defs}
+    assert listed["asset checks"] == CHECKS
+    assert listed["assets"] - {"audit_log_lifecycle", "compliance_reports"} == ASSETS
 
 
 def test_schedules_are_running_by_default_and_utc() -> None:

@@ -1,7 +1,8 @@
 """``audit-platform dev`` end to end, the way the README starts it: a subprocess in a session of its own.
 
 It must start its own local servers, Dagster's storage and ``dagster dev``; the UI's GraphQL API shows the code
-location's jobs, assets, schedules and sensors; a job run and a three-month backfill launched through that API
+location's jobs, assets, schedules and sensors, and every partition of the registry as materialized with no run
+(``partition_registry_sensor``); a job run and a three-month backfill launched through that API
 succeed and create the partitions in PostgreSQL; SIGTERM stops every process the command started.
 """
 
@@ -42,7 +43,7 @@ SCHEDULES = {
     "index_maintenance_schedule",
     "health_check_schedule",
 }
-SENSORS = {"run_failure_alert_sensor", "default_partition_sensor"}
+SENSORS = {"run_failure_alert_sensor", "default_partition_sensor", "partition_registry_sensor"}
 BACKFILL_MONTHS = ["2024-01-01", "2024-02-01", "2024-03-01"]
 
 REPOSITORIES = """
@@ -118,6 +119,15 @@ query Backfill($backfillId: String!) {
     __typename
     ... on PartitionBackfill { id status numPartitions runs(limit: 20) { runId status } }
     ... on PythonError { message }
+  }
+}
+"""
+
+MATERIALIZATIONS = """
+query Materializations($assetKey: AssetKeyInput!) {
+  assetOrError(assetKey: $assetKey) {
+    __typename
+    ... on Asset { assetMaterializations(limit: 500) { partition runId } }
   }
 }
 """
@@ -280,6 +290,25 @@ def test_dev_serves_the_code_location_runs_jobs_and_backfills_and_stops_cleanly(
     assert SCHEDULES <= {s["name"] for s in repo["schedules"]}
     assert SENSORS <= {s["name"] for s in repo["sensors"]}
     location, repo_name = repo["location"]["name"], repo["name"]
+
+    # -- the database as it is: every registered partition shows materialized, before any run ------------------
+    database_url = LocalServers(dev.data_dir).endpoints().database_url
+    with psycopg.connect(database_url, connect_timeout=10) as conn:
+        registered = {f"{start:%Y-%m-%d}" for (start,) in conn.execute(
+            "SELECT range_start AT TIME ZONE 'UTC' FROM audit_partitions")}
+    registered &= set(assets["audit_log_partition"]["partitionKeys"])
+    assert len(registered) >= 4  # the current period and the premade ones, at least
+
+    def registry_reported() -> set[str] | None:
+        asset = graphql(dev.port, MATERIALIZATIONS, {"assetKey": {"path": ["audit_log_partition"]}})["assetOrError"]
+        assert asset["__typename"] == "Asset", asset
+        runless = {m["partition"] for m in asset["assetMaterializations"] if not m["runId"]}
+        return runless if registered <= runless else None
+
+    # partition_registry_sensor ticks every 30 s, the first time right after the code location loads.
+    wait_for("the registered partitions to show materialized without a run", registry_reported, 75, dev,
+             interval=3.0)
+    timings["registry reported"] = time.monotonic() - t0
 
     # -- a job run through the queue (the daemon dequeues it) ------------------------------------------------------
     launched = graphql(dev.port, LAUNCH_RUN, {"executionParams": {

@@ -84,6 +84,7 @@ def test_integrity_job_seals_then_verifies_and_ledgers_both(
     verified = step_metadata(result, "verify_integrity")
     assert verified["status"] == "verified" and verified["events_checked"] == 4 and verified["problems"] == 0
     assert verified["head_digest_hash"] == sealed["head_digest_hash"]
+    assert sealed["duration_ms"] > 0 and verified["duration_ms"] > 0  # plotted run after run
     with psycopg.connect(fresh_database) as conn:
         (seal,) = entries(conn, operation="seal")
         (check,) = entries(conn, operation="integrity_verify")

@@ -190,6 +190,25 @@ def test_health_job_passes_on_a_healthy_database(fresh_database: str) -> None:
     assert meta["status"] == "healthy" and "primary" in meta["components"]
 
 
+def test_health_job_reports_its_numbers_under_stable_keys(fresh_database: str, servers: Any) -> None:
+    if not servers.replica_urls:
+        pytest.skip("no replica: AUDIT_TEST_DATABASE_URL is set without AUDIT_TEST_REPLICA_URLS")
+    from tests.core.test_platform_support import replica_urls_for
+
+    replicas = replica_urls_for(fresh_database, servers.replica_urls[:1])
+    with AuditDatabase(AuditSettings(database_url=fresh_database)) as db:  # three rows without a partition
+        db.insert_many(demo_events(3, now=dt.datetime(1999, 3, 1, tzinfo=dt.UTC)))
+    result = health_check_job.execute_in_process(resources=resources(fresh_database, replica_urls=replicas[0]),
+                                                 instance=dg.DagsterInstance.ephemeral())
+    meta = output_metadata(result, "health_report")
+    # Plain numbers (Dagster plots them run after run): lag per replica, DEFAULT rows, breakers, the cache.
+    assert isinstance(meta["replica-0_lag_bytes"], int) and meta["replica-0_lag_bytes"] >= 0
+    assert isinstance(meta["replica-0_lag_seconds"], float)
+    assert meta["default_rows"] == 3
+    assert meta["breakers_not_closed"] == 0 and meta["breaker_opens"] == 0
+    assert isinstance(meta["cache_hit_ratio"], float) and isinstance(meta["cache_lookups"], int)
+
+
 def test_health_job_fails_when_the_primary_is_unreachable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AUDIT_POOL__TIMEOUT_SECONDS", "1")
     monkeypatch.setenv("AUDIT_POOL__CONNECT_TIMEOUT_SECONDS", "1")

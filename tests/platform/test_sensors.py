@@ -24,6 +24,7 @@ from audit_platform.sensors import (
     SENSORS,
     DefaultPartitionCheckError,
     default_partition_sensor,
+    partition_registry_sensor,
     run_failure_alert_sensor,
 )
 
@@ -369,11 +370,14 @@ def test_default_partition_sensor_fails_the_tick_redacted_when_the_database_is_d
 
 
 def test_sensors_declare_their_resources_and_load_in_definitions() -> None:
-    assert [s.name for s in SENSORS] == ["run_failure_alert_sensor", "default_partition_sensor"]
+    assert [s.name for s in SENSORS] == ["run_failure_alert_sensor", "default_partition_sensor",
+                                         "partition_registry_sensor"]
     assert run_failure_alert_sensor.required_resource_keys == {"alerts"}
     assert default_partition_sensor.required_resource_keys == {"alerts", "audit_db"}
+    assert partition_registry_sensor.required_resource_keys == {"audit_db"}
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in SENSORS)
     assert default_partition_sensor.minimum_interval_seconds == 300
+    assert partition_registry_sensor.minimum_interval_seconds == 30  # evaluated within a minute of loading
     defs = dg.Definitions(
         jobs=[doomed_job],
         sensors=SENSORS,
