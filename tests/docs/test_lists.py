@@ -71,7 +71,8 @@ def names(cell: str) -> list[str]:
 
 def test_tables_are_read_as_written(tmp_path: Path) -> None:
     page = tmp_path / "page.md"
-    page.write_text("intro\n\n| a | b |\n|---|---|\n| `x`, `y` | z \\| w |\n\n# Stop\n\n| a | b |\n|---|---|\n| q | r |\n")
+    page.write_text("intro\n\n| a | b |\n|---|---|\n| `x`, `y` | z \\| w |\n\n"
+                    "# Stop\n\n| a | b |\n|---|---|\n| q | r |\n")
     assert tables(page) == [[["a", "b"], ["`x`, `y`", "z \\| w"]], [["a", "b"], ["q", "r"]]]
     assert tables(page, until_heading="Stop") == [[["a", "b"], ["`x`, `y`", "z \\| w"]]]
     assert names("`x`, `y` (`z`)") == ["x", "y", "z"]
