@@ -6,7 +6,7 @@ order of the page, in one database and one working directory, the way a reader w
 - ```` ```python ```` blocks run with ``exec`` in one namespace per page (a later block sees the names of an
   earlier one); none may opt out. Tracebacks point at the Markdown file and line.
 - ```` ```bash ```` / ```` ```sh ```` / ```` ```shell ```` / ```` ```console ```` blocks run for real, with ``bash``
-  under ``set -eo pipefail``: every command must succeed. Variables a block exports reach the blocks after it (shell
+  under ``set -eo pipefail`` (of a ``console`` transcript, the ``$ `` lines): every command must succeed. Variables a block exports reach the blocks after it (shell
   and python), as in the reader's shell. A shell block preceded by ``<!-- not-run: <reason> -->`` is not run: for
   commands that start long-running things (``audit-platform dev``), need root or the network (``pip install``,
   ``docker compose``), or take far too long here (the whole test suite, a full benchmark); the reason is required.
@@ -176,7 +176,10 @@ class Reader:
 
     def run_shell(self, block: Block) -> None:
         env_out = self._env_out
-        script = f"set -eo pipefail\n{strict(block.text)}\nenv -0 > {shlex.quote(str(env_out))}\n"
+        text = block.text
+        if block.lang == "console":  # a transcript: the `$ ` lines are the commands, the rest is their output
+            text = "\n".join(line[2:] for line in text.splitlines() if line.startswith("$ "))
+        script = f"set -eo pipefail\n{strict(text)}\nenv -0 > {shlex.quote(str(env_out))}\n"
         proc = subprocess.Popen(["bash", "-c", script], cwd=self.workdir, env=self.shell_env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
@@ -355,6 +358,9 @@ def test_a_failing_shell_block_fails_the_page(tmp_path: Path) -> None:
     (block,) = fenced_blocks_of(page, "```bash\nfalse || true\nexport AUDIT_X=1\n```\n")
     reader.run_shell(block)
     assert reader.shell_env["AUDIT_X"] == "1"  # what a block exports, the next one sees
+    (block,) = fenced_blocks_of(page, "```console\n$ export AUDIT_Y=$AUDIT_X\nsome output\n```\n")
+    reader.run_shell(block)  # a transcript: only the `$ ` lines run
+    assert reader.shell_env["AUDIT_Y"] == "1"
 
 
 @pytest.mark.parametrize(("page", "blocks"), page_params())
