@@ -46,7 +46,15 @@ from audit_db_core.interfaces import ErrorHandler, ResultCache
 from audit_db_core.migrate import SCHEMA_VERSION, MigrationResult, migrate
 from audit_db_core.partitions import PartitionBounds, PartitionManager
 from audit_db_core.privacy import PrivacyManager
-from audit_db_core.query import AuditQuery, QueryPage, count_statement, encode_cursor, page_size, select_statement
+from audit_db_core.query import (
+    AuditQuery,
+    QueryPage,
+    count_statement,
+    encode_cursor,
+    page_size,
+    restored_tables,
+    select_statement,
+)
 from audit_db_core.routing import ReplicaRouter, RouteTarget
 
 if TYPE_CHECKING:
@@ -217,7 +225,7 @@ def _check_query(query: Any) -> AuditQuery:
 def _query(conn: psycopg.Connection[Any], query: AuditQuery, settings: AuditSettings) -> QueryPage:
     _check_query(query)
     limit = page_size(query, settings.query.max_page_size, settings.query.default_page_size)
-    stmt, params = select_statement(query, limit)
+    stmt, params = select_statement(query, limit, restored_tables(conn, query))
     with conn.cursor(row_factory=dict_row) as cur:
         rows = cur.execute(stmt, params).fetchall()
     events = [StoredAuditEvent.from_row(r) for r in rows[:limit]]
@@ -227,7 +235,7 @@ def _query(conn: psycopg.Connection[Any], query: AuditQuery, settings: AuditSett
 
 def _count(conn: psycopg.Connection[Any], query: AuditQuery) -> int:
     _check_query(query)
-    stmt, params = count_statement(query)
+    stmt, params = count_statement(query, restored_tables(conn, query))
     row = conn.execute(stmt, params).fetchone()
     return int(row[0]) if row else 0
 
@@ -707,7 +715,8 @@ class AuditDatabase:
         encode: Callable[[Any], Any] | None,
         decode: Callable[[Any], Any] | None,
     ) -> tuple[Any, str]:
-        cacheable = use_cache and self.cache.enabled and consistency != "strong"
+        # Restored tables come and go outside the write path the cache follows: such reads always go to a server.
+        cacheable = use_cache and self.cache.enabled and consistency != "strong" and not query.include_restored
         if not cacheable:
             result, _, source = self._read(kind, run, consistency=consistency, analytics=analytics, min_lsn=min_lsn)
             return result, source

@@ -5,6 +5,11 @@ Results come newest first (``event_time DESC, event_id DESC``). A page holds at 
 or repeats a row, however deep the page. Every value goes to PostgreSQL as a parameter; the SQL text depends only
 on *which* filters are set.
 
+``include_restored=True`` also reads the months that left the log (purged, or detached after archival) and were
+brought back by :meth:`PartitionManager.restore <audit_db_core.partitions.PartitionManager.restore>`: the restored
+tables overlapping the query's window are found in the partition registry and the lifecycle ledger and joined to
+the log with ``UNION ALL``. Without it (the default) the SQL reads ``audit_log`` alone, as it always did.
+
 Example::
 
     q = AuditQuery(principal_id="dr.house", action=["patient.record.read", "patient.record.export"],
@@ -26,6 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import psycopg
 import pydantic
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -69,6 +75,10 @@ class AuditQuery(BaseModel):
         default=None, ge=1, le=ABSOLUTE_MAX_PAGE_SIZE, description="page size; unset = AUDIT_QUERY__DEFAULT_PAGE_SIZE"
     )
     cursor: str | None = Field(default=None, max_length=512)
+    include_restored: bool = Field(
+        default=False,
+        description="also read the restored tables of months no longer in the log (PartitionManager.restore)",
+    )
 
     _subject: ClassVar[str] = "AuditQuery"
 
@@ -136,7 +146,9 @@ class AuditQuery(BaseModel):
 
     def filters(self) -> dict[str, Any]:
         """The filters only (no limit, no cursor), JSON-ready: what a cursor and a cache key are bound to."""
-        data = self.model_dump(mode="json", exclude={"limit", "cursor"}, exclude_none=True)
+        # include_restored only when set: the default query keeps the cursors and cache keys it always had
+        exclude = {"limit", "cursor"} if self.include_restored else {"limit", "cursor", "include_restored"}
+        data = self.model_dump(mode="json", exclude=exclude, exclude_none=True)
         if self.since is not None:
             data["since"] = format_time(self.since)
         if self.until is not None:
@@ -194,7 +206,8 @@ def decode_cursor(query: AuditQuery) -> tuple[dt.datetime, uuid.UUID] | None:
 
 # -- SQL -----------------------------------------------------------------------------------------------------------
 
-_TABLE = sql.Identifier("audit_log")
+_LOG = "audit_log"
+_TABLE = sql.Identifier(_LOG)
 _SELECT_COLUMNS = sql.SQL(", ").join(sql.Identifier(c) for c in STORED_COLUMNS)
 
 
@@ -253,21 +266,64 @@ def where_clause(query: AuditQuery, *, with_cursor: bool) -> tuple[sql.Composabl
     return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds), params
 
 
-def select_statement(query: AuditQuery, limit: int) -> tuple[sql.Composed, list[Any]]:
+# The restored tables a query with include_restored reads: for each month that left the log (purged, or detached
+# after archival) and overlaps the window, the newest table its restores (ledgered with their table) loaded that
+# still exists. Months still attached are left out: their rows are in audit_log already, a copy would repeat them.
+# to_regclass(quote_ident(...)) resolves the name as the unqualified identifier of the page query will.
+_RESTORED_TABLES = sql.SQL("""
+SELECT restored.name
+FROM audit_partitions p
+CROSS JOIN LATERAL (
+    SELECT l.details ->> 'table' AS name
+    FROM audit_lifecycle_ledger l
+    WHERE l.partition_name = p.partition_name AND l.operation = 'restore' AND l.outcome = 'ok'
+      AND to_regclass(quote_ident(l.details ->> 'table')) IS NOT NULL
+    ORDER BY l.entry_id DESC
+    LIMIT 1
+) restored
+WHERE (p.state = 'purged' OR p.detached)
+  AND (%(since)s::timestamptz IS NULL OR p.range_end > %(since)s::timestamptz)
+  AND (%(until)s::timestamptz IS NULL OR p.range_start < %(until)s::timestamptz)
+ORDER BY p.range_start
+""")
+
+
+def restored_tables(conn: psycopg.Connection[Any], query: AuditQuery) -> list[str]:
+    """The restored tables ``query`` reads besides ``audit_log`` (none unless ``query.include_restored``).
+
+    Reads the partition registry and the lifecycle ledger: the role needs ``audit_reader`` (or
+    ``audit_maintainer``); ``audit_writer`` alone is refused with a ComplianceError naming the privilege."""
+    if not query.include_restored:
+        return []
+    rows = conn.execute(_RESTORED_TABLES, {"since": query.since, "until": query.until}).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def _source(restored: Sequence[str]) -> sql.Composable:
+    """What the query reads: ``audit_log``, or it and the restored tables as one ``UNION ALL`` (the filters of the
+    outer query are pushed down into every branch by the planner, so partition pruning still applies)."""
+    if not restored:
+        return _TABLE
+    branches = [sql.SQL("SELECT {} FROM {}").format(_SELECT_COLUMNS, sql.Identifier(t))
+                for t in (_LOG, *restored)]
+    return sql.SQL("({}) AS {}").format(sql.SQL(" UNION ALL ").join(branches), sql.Identifier("audit_events"))
+
+
+def select_statement(query: AuditQuery, limit: int, restored: Sequence[str] = ()) -> tuple[sql.Composed, list[Any]]:
     """The page query for ``limit`` rows (see :func:`page_size`); one more row is fetched to know whether a next
-    page exists."""
+    page exists. ``restored``: tables from :func:`restored_tables` read along with the log."""
     where, params = where_clause(query, with_cursor=True)
     stmt = (
-        sql.SQL("SELECT {} FROM {}").format(_SELECT_COLUMNS, _TABLE)
+        sql.SQL("SELECT {} FROM {}").format(_SELECT_COLUMNS, _source(restored))
         + where
         + sql.SQL(" ORDER BY {} DESC, {} DESC LIMIT %s").format(sql.Identifier("event_time"), sql.Identifier("event_id"))
     )
     return stmt, [*params, limit + 1]
 
 
-def count_statement(query: AuditQuery) -> tuple[sql.Composed, list[Any]]:
+def count_statement(query: AuditQuery, restored: Sequence[str] = ()) -> tuple[sql.Composed, list[Any]]:
     where, params = where_clause(query, with_cursor=False)
-    return sql.SQL("SELECT count(*) FROM {}").format(_TABLE) + where, params
+    return sql.SQL("SELECT count(*) FROM {}").format(_source(restored)) + where, params
 
 
 def _plain(value: Any) -> Any:

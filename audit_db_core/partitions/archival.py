@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("audit_db_core.partitions")
 
+#: Reads the log, the registry and the ledger (migration 0007_roles): restored tables are granted to it.
+READER_ROLE = "audit_reader"
+
 
 class ArchivedHook(Protocol):
     """``on_archived`` of :class:`~audit_db_core.partitions.PartitionManager`: called in the archive's transaction
@@ -236,7 +239,11 @@ def detach_partition(pm: ManagerState, period: Any, *, run_id: str | None = None
 
 def restore(pm: ManagerState, period: Any, *, table: str | None = None, run_id: str | None = None) -> RestoreResult:
     """Load an archived period back from its archive into a plain table (``audit_restore_<partition>`` by
-    default) for an investigation. The archive is verified first; the restored rows' digest must match."""
+    default) for an investigation. The archive is verified first; the restored rows' digest must match.
+
+    The table is append-only like the log and readable by ``audit_reader``. Once the period has left the log
+    (purged, or detached), ``AuditQuery(..., include_restored=True)`` reads it along with ``audit_log``; dropping
+    the table (``DROP TABLE``, as ``audit_maintainer``) ends the investigation."""
     from audit_db_core.archive import table_digest
 
     info = get(pm, period)
@@ -257,11 +264,24 @@ def restore(pm: ManagerState, period: Any, *, table: str | None = None, run_id: 
             raise PartitionError(f"table {target} exists and does not hold this archive; choose another table",
                                  operation="restore", partition=info.name)
         rows = store.restore(conn, manifest, target)
-        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(
-            sql.Identifier(target), sql.Identifier(MAINTAINER_ROLE)))
+        _protect_restored(conn, target)
         ledger.record(conn, "restore", info.name, run_id=run_id, rows=rows, checksum=manifest.content_digest,
                       details={"table": target})
     return RestoreResult(info.name, target, rows, "restored")
+
+
+def _protect_restored(conn: psycopg.Connection[Any], table: str) -> None:
+    """Restored rows are served as audit events (``include_restored``): as immutable as the log's, owned by the
+    maintainer, and readable by the role that reads the log for reports and audits."""
+    ident = sql.Identifier(table)
+    conn.execute(sql.SQL(
+        "CREATE TRIGGER {} BEFORE UPDATE OR DELETE ON {} FOR EACH ROW EXECUTE FUNCTION audit_reject_modification()"
+    ).format(sql.Identifier("audit_restore_append_only"), ident))
+    conn.execute(sql.SQL(
+        "CREATE TRIGGER {} BEFORE TRUNCATE ON {} FOR EACH STATEMENT EXECUTE FUNCTION audit_reject_modification()"
+    ).format(sql.Identifier("audit_restore_no_truncate"), ident))
+    conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(ident, sql.Identifier(MAINTAINER_ROLE)))
+    conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(ident, sql.Identifier(READER_ROLE)))
 
 
 # -- verification of the archives kept ------------------------------------------------------------------------------
