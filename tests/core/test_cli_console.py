@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from audit_db_core import AuditDatabase, AuditSettings
+from tests.conftest import TEST_CACHE_KEY
 from tests.conftest import TestServers as Servers
 from tests.conftest import with_dbname
 from tests.core.test_platform_support import replica_urls_for
@@ -31,8 +32,8 @@ def healthy_env(servers: Servers, database_url: str) -> dict[str, str]:
     # once the replica has replayed the database's creation: a replica without it is rightly out of rotation
     replicas = replica_urls_for(database_url, servers.replica_urls)
     env = {"AUDIT_DATABASE_URL": database_url, "AUDIT_REPLICA_URLS": ",".join(replicas)}
-    if servers.redis_url:
-        env["AUDIT_REDIS_URL"] = servers.redis_url
+    if servers.redis_url:  # a healthy deployment with Redis has a cache key (without one L2 is off, and says so)
+        env.update(AUDIT_REDIS_URL=servers.redis_url, AUDIT_CACHE__KEY=TEST_CACHE_KEY)
     return env
 
 
