@@ -480,7 +480,7 @@ class QueryCache:
         self._gens: dict[str, int] = {}
         self._gens_lock = threading.Lock()
         # Hot L2 reads meet the same counters and keys again and again: their HMACs are computed once.
-        self._verified: dict[tuple[str, Any], int] = {}
+        self._verified: dict[tuple[tuple[str, ...], tuple[Any, ...]], dict[str, int]] = {}
         self._l2_keys: dict[str, str] = {}
         self._pending: dict[str, int] = {}  # bumps Redis has not received yet (it was down)
         self._redis: Any = None
@@ -803,8 +803,8 @@ class QueryCache:
         that fails its tag refuses the read: it may hide a genuine, higher counter."""
         seal = self._seal
         assert seal is not None
-        remote = {s: _memoized(self._verified, (s, v), lambda: seal.read_generation(ns.gen_key, s, v))
-                  for s, v in zip(scope, values) if v is not None}
+        remote: dict[str, int] = _memoized(self._verified, (scope, tuple(values)), lambda: {
+            s: seal.read_generation(ns.gen_key, s, v) for s, v in zip(scope, values) if v is not None})
         self._merge(remote)
         return remote
 
