@@ -772,16 +772,16 @@ class QueryCache:
         redis_key = self._l2_key(ns, key)
 
         def fetch() -> Any:
+            # No PTTL: the value's own authenticated creation time and TTL say how long it may still live.
             pipe = self._redis.pipeline(transaction=False)
             pipe.get(redis_key)
-            pipe.pttl(redis_key)
             pipe.hmget(ns.gen_key, list(scope))
             return pipe.execute()
 
         result = self._redis_call(fetch)
         if not result:
             return None
-        blob, pttl, gens = result
+        blob, gens = result
         if blob is None:
             return None
         try:
@@ -794,8 +794,6 @@ class QueryCache:
         if not self._valid(tuple(scope), limits, remote):
             self._count("invalidated")
             return None
-        if pttl and pttl > 0:
-            ttl_left = min(ttl_left, pttl / 1000)
         return doc["p"], limits, ttl_left, len(blob)
 
     def _remote_generations(self, ns: _Namespace, scope: tuple[str, ...], values: list[Any]) -> dict[str, int]:

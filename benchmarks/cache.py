@@ -394,7 +394,8 @@ def cache_module_at(rev: str) -> ModuleType:
 def compare_caches(db: AuditDatabase, queries: list[AuditQuery], rev: str, args: argparse.Namespace) -> dict[str, Any]:
     """The query cache of this checkout against the one of ``rev``, in one process, on the same Redis and the
     same pages (those of ``queries``, as the database returned them): ``cache.key`` + ``cache.get`` answered by L1,
-    and by L2 (``l1.clear()`` untimed before each), ``--lookups`` each, in rounds that alternate which goes first.
+    and by L2 (``l1.clear()`` untimed before each), ``--lookups`` each, lookup by lookup, alternating which goes
+    first (the machine's drift then weighs on both alike).
     Only the cache's code differs; the rest of a query's path (routing, rebuilding the page) is the same in both."""
     from audit_db_core.database import _page_to_json
     from audit_db_core.migrate import SCHEMA_VERSION
@@ -421,39 +422,38 @@ def compare_caches(db: AuditDatabase, queries: list[AuditQuery], rev: str, args:
                 cache.invalidate(scope, 1)  # counters in Redis, as after writes
                 cache.set(cache.key("page", filters, params), doc, scope=scope, limits=tuple(2 for _ in scope),
                           closed=True)
-        rounds = 10
-        per = max(args.lookups // rounds, 1)
-        for r in range(rounds):
-            for name in (("this", "rev") if r % 2 == 0 else ("rev", "this")):
-                cache = caches[name]
-                for tier in ("l2", "l1"):
-                    if tier == "l1":
-                        for filters, params, scope, _ in shapes:  # untimed: every page back in L1
-                            cache.get(cache.key("page", filters, params), scope)
-                    gc.collect()
-                    gc.disable()
-                    try:
-                        for i in range(per):
-                            filters, params, scope, doc = shapes[i % len(shapes)]
-                            if tier == "l2":
-                                cache.l1.clear()
-                            started = time.perf_counter()
-                            hit = cache.get(cache.key("page", filters, params), scope)
-                            samples[(name, tier)].append(time.perf_counter() - started)
-                            check(hit is not None and hit.tier == tier and hit.value == doc,
-                                  f"compared cache {name}: a {tier} lookup was not a correct {tier} hit")
-                    finally:
-                        gc.enable()
+        for tier in ("l2", "l1"):
+            if tier == "l1":
+                for cache in caches.values():
+                    for filters, params, scope, _ in shapes:  # untimed: every page back in L1
+                        cache.get(cache.key("page", filters, params), scope)
+            gc.collect()
+            gc.disable()
+            try:
+                for i in range(args.lookups):  # lookup by lookup, alternating which cache goes first
+                    filters, params, scope, doc = shapes[i % len(shapes)]
+                    for name in (("this", "rev") if i % 2 == 0 else ("rev", "this")):
+                        cache = caches[name]
+                        if tier == "l2":
+                            cache.l1.clear()
+                        started = time.perf_counter()
+                        hit = cache.get(cache.key("page", filters, params), scope)
+                        samples[(name, tier)].append(time.perf_counter() - started)
+                        check(hit is not None and hit.tier == tier and hit.value == doc,
+                              f"compared cache {name}: a {tier} lookup was not a correct {tier} hit")
+            finally:
+                gc.enable()
     finally:
         for cache in caches.values():
             cache.clear()
             cache.close()
+
     def summary_us(seconds: list[float]) -> dict[str, float]:
         values = sorted(x * 1e6 for x in seconds)
         return {"p50_us": round(percentile(values, 50), 2), "p95_us": round(percentile(values, 95), 2),
                 "p99_us": round(percentile(values, 99), 2), "mean_us": round(statistics.fmean(values), 2)}
 
-    out: dict[str, Any] = {"rev": rev, "lookups_per_tier": per * rounds, "rounds": rounds, "tiers": {}}
+    out: dict[str, Any] = {"rev": rev, "lookups_per_tier": args.lookups, "tiers": {}}
     for tier in ("l1", "l2"):
         this, old = summary_us(samples[("this", tier)]), summary_us(samples[("rev", tier)])
         out["tiers"][tier] = {"this": this, "rev": old,
