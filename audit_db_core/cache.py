@@ -371,7 +371,7 @@ class QueryCache:
         self._gens: dict[str, int] = {}
         self._gens_lock = threading.Lock()
         # Hot L2 reads meet the same counters and keys again and again: their HMACs are computed once.
-        self._verified: dict[tuple[str, Any], int] = {}
+        self._verified: dict[tuple[tuple[str, ...], tuple[Any, ...]], dict[str, int]] = {}
         self._l2_keys: dict[str, str] = {}
         self._pending: dict[str, int] = {}  # bumps Redis has not received yet (it was down)
         self._redis: Any = None
@@ -663,16 +663,16 @@ class QueryCache:
         redis_key = self._l2_key(ns, key)
 
         def fetch() -> Any:
+            # No PTTL: the value's own authenticated creation time and TTL say how long it may still live.
             pipe = self._redis.pipeline(transaction=False)
             pipe.get(redis_key)
-            pipe.pttl(redis_key)
             pipe.hmget(ns.gen_key, list(scope))
             return pipe.execute()
 
         result = self._redis_call(fetch)
         if not result:
             return None
-        blob, pttl, gens = result
+        blob, gens = result
         if blob is None:
             return None
         try:
@@ -685,8 +685,6 @@ class QueryCache:
         if not self._valid(tuple(scope), limits, remote):
             self._count("invalidated")
             return None
-        if pttl and pttl > 0:
-            ttl_left = min(ttl_left, pttl / 1000)
         return doc["p"], limits, ttl_left, len(blob)
 
     def _remote_generations(self, ns: _Namespace, scope: tuple[str, ...], values: list[Any]) -> dict[str, int]:
@@ -694,8 +692,8 @@ class QueryCache:
         that fails its tag refuses the read: it may hide a genuine, higher counter."""
         seal = self._seal
         assert seal is not None
-        remote = {s: _memoized(self._verified, (s, v), lambda: seal.read_generation(ns.gen_key, s, v))
-                  for s, v in zip(scope, values) if v is not None}
+        remote: dict[str, int] = _memoized(self._verified, (scope, tuple(values)), lambda: {
+            s: seal.read_generation(ns.gen_key, s, v) for s, v in zip(scope, values) if v is not None})
         self._merge(remote)
         return remote
 

@@ -51,12 +51,14 @@ import argparse
 import datetime as dt
 import functools
 import gc
+import inspect
 import math
 import os
 import platform
 import random
 import secrets
 import statistics
+import subprocess
 import sys
 import time
 import uuid
@@ -64,6 +66,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import cachetools
@@ -75,7 +78,7 @@ from benchmarks import common  # noqa: E402
 from benchmarks.common import positive_int  # noqa: E402
 from benchmarks.read_data import CheckFailed, principal, read_database  # noqa: E402
 from audit_db_core import AuditDatabase, AuditQuery, AuditSettings  # noqa: E402
-from audit_db_core.cache import CacheSeal, LRUCache  # noqa: E402
+from audit_db_core.cache import CacheSeal, LRUCache, QueryCache, read_scope  # noqa: E402
 
 DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "cache.json"
 APPLICATION_NAME = "audit-bench-cache"
@@ -363,9 +366,100 @@ def bench_latency(servers: common.ReadServers, args: argparse.Namespace) -> dict
                 result = measure_tiers(db, queries, args, has_l2=servers.redis_url is not None)
                 if servers.redis_url is not None:
                     result["l2_sealing"] = measure_sealing(db, queries[0], servers.redis_url, repeats=1000)
+                    if args.compare_rev:
+                        result["compare"] = compare_caches(db, queries, args.compare_rev, args)
         finally:
             drop_redis_keys(servers.redis_url, prefix)
+            drop_redis_keys(servers.redis_url, f"{prefix}-ab")  # the caches --compare-rev times
         return {**result, "cache_key_prefix": prefix}
+
+
+def cache_module_at(rev: str) -> ModuleType:
+    """``audit_db_core/cache.py`` as it was at git revision ``rev``, loaded beside this checkout's (its imports of
+    the rest of the package resolve to this checkout's modules)."""
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        text = subprocess.run(["git", "show", f"{rev}:audit_db_core/cache.py"], cwd=repo, capture_output=True,
+                              text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError) as exc:
+        raise CheckFailed(f"--compare-rev {rev}: cannot read audit_db_core/cache.py at that revision ({exc})") from None
+    name = f"audit_db_core._cache_at_{uuid.uuid4().hex[:8]}"
+    module = ModuleType(name)
+    module.__file__ = f"{rev}:audit_db_core/cache.py"
+    sys.modules[name] = module  # dataclasses look their module up
+    exec(compile(text, module.__file__, "exec"), module.__dict__)  # noqa: S102 - the project's own history
+    return module
+
+
+def compare_caches(db: AuditDatabase, queries: list[AuditQuery], rev: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The query cache of this checkout against the one of ``rev``, in one process, on the same Redis and the
+    same pages (those of ``queries``, as the database returned them): ``cache.key`` + ``cache.get`` answered by L1,
+    and by L2 (``l1.clear()`` untimed before each), ``--lookups`` each, lookup by lookup, alternating which goes
+    first (the machine's drift then weighs on both alike).
+    Only the cache's code differs; the rest of a query's path (routing, rebuilding the page) is the same in both."""
+    from audit_db_core.database import _page_to_json
+    from audit_db_core.migrate import SCHEMA_VERSION
+
+    old_module = cache_module_at(rev)
+    # A prefix of its own, removed by bench_latency.
+    settings = db.settings.with_overrides(cache={"key_prefix": f"{db.settings.cache.key_prefix}-ab"})
+    caches: dict[str, Any] = {"this": QueryCache(settings, schema_version=SCHEMA_VERSION,
+                                                 identity=lambda: db.deployment_id)}
+    extra = {"identity": lambda: db.deployment_id} if "identity" in inspect.signature(
+        old_module.QueryCache).parameters else {}
+    caches["rev"] = old_module.QueryCache(settings, schema_version=SCHEMA_VERSION, **extra)
+    shapes = []
+    for q in queries:
+        page = db.query(q, consistency="eventual", use_cache=False)
+        scope = read_scope(q.since, q.until)
+        shapes.append((q.filters(), {"limit": q.limit, "cursor": None}, scope, _page_to_json(page)))
+    samples: dict[tuple[str, str], list[float]] = {(n, t): [] for n in caches for t in ("l1", "l2")}
+    try:
+        for cache in caches.values():
+            cache.open()
+            check(cache.wait_synced(10), "a compared cache did not connect to Redis")
+            for filters, params, scope, doc in shapes:
+                cache.invalidate(scope, 1)  # counters in Redis, as after writes
+                cache.set(cache.key("page", filters, params), doc, scope=scope, limits=tuple(2 for _ in scope),
+                          closed=True)
+        for tier in ("l2", "l1"):
+            if tier == "l1":
+                for cache in caches.values():
+                    for filters, params, scope, _ in shapes:  # untimed: every page back in L1
+                        cache.get(cache.key("page", filters, params), scope)
+            gc.collect()
+            gc.disable()
+            try:
+                for i in range(args.lookups):  # lookup by lookup, alternating which cache goes first
+                    filters, params, scope, doc = shapes[i % len(shapes)]
+                    for name in (("this", "rev") if i % 2 == 0 else ("rev", "this")):
+                        cache = caches[name]
+                        if tier == "l2":
+                            cache.l1.clear()
+                        started = time.perf_counter()
+                        hit = cache.get(cache.key("page", filters, params), scope)
+                        samples[(name, tier)].append(time.perf_counter() - started)
+                        check(hit is not None and hit.tier == tier and hit.value == doc,
+                              f"compared cache {name}: a {tier} lookup was not a correct {tier} hit")
+            finally:
+                gc.enable()
+    finally:
+        for cache in caches.values():
+            cache.clear()
+            cache.close()
+
+    def summary_us(seconds: list[float]) -> dict[str, float]:
+        values = sorted(x * 1e6 for x in seconds)
+        return {"p50_us": round(percentile(values, 50), 2), "p95_us": round(percentile(values, 95), 2),
+                "p99_us": round(percentile(values, 99), 2), "mean_us": round(statistics.fmean(values), 2)}
+
+    out: dict[str, Any] = {"rev": rev, "lookups_per_tier": args.lookups, "tiers": {}}
+    for tier in ("l1", "l2"):
+        this, old = summary_us(samples[("this", tier)]), summary_us(samples[("rev", tier)])
+        out["tiers"][tier] = {"this": this, "rev": old,
+                              "this_over_rev": {k: round(this[k] / old[k], 3) for k in this}}
+        log(f"compare {tier}: p50 {this['p50_us']:.1f} us here, {old['p50_us']:.1f} us at {rev}")
+    return out
 
 
 def measure_tiers(db: AuditDatabase, queries: list[AuditQuery], args: argparse.Namespace, *,
@@ -529,6 +623,15 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  L2 value of a page: {sealing['json_bytes']:,} B JSON, {sealing['compressed_bytes']:,} B "
                      f"compressed, {sealing['sealed_bytes']:,} B sealed; AES-256-GCM seal "
                      f"{sealing['seal_us_p50']:.1f} us, open {sealing['open_us_p50']:.1f} us (p50)")
+    compare = lat.get("compare")
+    if compare:
+        lines.append(f"  the cache's code against {compare['rev']} ({compare['lookups_per_tier']} lookups per tier, "
+                     f"one process, same Redis and pages):")
+        for tier, c in compare["tiers"].items():
+            ratio = c["this_over_rev"]
+            lines.append(f"    {tier}: p50 {c['this']['p50_us']:.1f} us here, {c['rev']['p50_us']:.1f} us there; "
+                         f"here / there p50 {ratio['p50_us']:.3f}, mean {ratio['mean_us']:.3f}, "
+                         f"p99 {ratio['p99_us']:.3f}")
     lines.append("")
     for key, t in report["targets"].items():
         verdict = "met" if t["met"] else "MISSED"
@@ -563,6 +666,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--page-size", type=positive_int, default=50, help="events per page (50)")
     parser.add_argument("--lookups", type=positive_int, default=3000, help="timed lookups per tier (3000)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the key and query order (1)")
+    parser.add_argument("--compare-rev", metavar="REV",
+                        help="also time the query cache of git revision REV against this checkout's (needs Redis)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON report ({DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
     if args.window_days > args.days:

@@ -40,7 +40,7 @@ def small_run(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Run:
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--sizes", ",".join(map(str, SIZES)), "--ops", "3000", "--repeats", "2",
          "--rows", "3000", "--days", "3", "--window-days", "2", "--principals", "20", "--shapes", "6",
-         "--lookups", str(LOOKUPS), "--output", str(output)],
+         "--lookups", str(LOOKUPS), "--compare-rev", "HEAD", "--output", str(output)],
         cwd=REPO, env=bench_env(servers), capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
@@ -116,6 +116,27 @@ def test_latency_ratios_and_targets_follow_the_figures(small_run: Run) -> None:
     assert env["rows"] == 3000 and env["server_version"] and env["date_utc"].endswith("+00:00")
 
 
+def test_the_cache_code_is_compared_with_a_revision(small_run: Run, servers: Any) -> None:
+    proc, report = small_run
+    lat = report["latency"]
+    if not servers.redis_url:
+        assert "compare" not in lat and "l2_sealing" not in lat  # both need Redis
+        return
+    compare = lat["compare"]
+    assert compare["rev"] == "HEAD" and compare["lookups_per_tier"] == LOOKUPS and set(compare["tiers"]) == {"l1", "l2"}
+    for tier, c in compare["tiers"].items():
+        for key in ("p50_us", "p95_us", "p99_us", "mean_us"):
+            assert 0 < c["this"][key] and 0 < c["rev"][key], (tier, key)
+            assert c["this_over_rev"][key] == pytest.approx(c["this"][key] / c["rev"][key], rel=1e-2, abs=1e-3)
+    assert compare["tiers"]["l1"]["this"]["p50_us"] < compare["tiers"]["l2"]["this"]["p50_us"]
+    sealing = lat["l2_sealing"]
+    overhead = 17 + 12 + 16  # header (format, created, TTL), nonce, GCM tag
+    assert sealing["json_bytes"] > sealing["compressed_bytes"]
+    assert sealing["sealed_bytes"] == sealing["compressed_bytes"] + overhead
+    assert sealing["seal_us_p50"] > 0 and sealing["open_us_p50"] > 0
+    assert "the cache's code against HEAD" in proc.stdout
+
+
 def test_redis_keys_of_the_run_are_removed(small_run: Run, servers: Any) -> None:
     _, report = small_run
     prefix = report["latency"]["cache_key_prefix"]
@@ -126,6 +147,7 @@ def test_redis_keys_of_the_run_are_removed(small_run: Run, servers: Any) -> None
         client = redis.Redis.from_url(servers.redis_url)
         try:
             assert list(client.scan_iter(match=f"{prefix}:*", count=1000)) == []
+            assert list(client.scan_iter(match=f"{prefix}-ab:*", count=1000)) == []  # the compared caches' too
         finally:
             client.close()
 
