@@ -54,7 +54,6 @@ Example::
 
 from __future__ import annotations
 
-import datetime as dt
 import functools
 import hashlib
 import json
@@ -71,6 +70,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from audit_db_core.breakers import BreakerRegistry, CircuitBreaker
+from audit_db_core.cache_scopes import ALL, range_scopes, read_scope, write_scopes  # noqa: F401 (re-exported)
 from audit_db_core.cache_seal import SEAL_OVERHEAD as _SEAL_OVERHEAD
 from audit_db_core.cache_seal import CacheSeal
 from audit_db_core.cache_seal import Refused as _Refused
@@ -80,10 +80,6 @@ from audit_db_core.errors import CacheError, redact
 
 logger = logging.getLogger("audit_db_core.cache")
 
-ALL = "*"
-#: Queries over more days than this are scoped by month; over more months than ``_MAX_MONTHS``, by ``*``.
-_MAX_DAYS = 62
-_MAX_MONTHS = 240
 #: Clocks of processes sharing a Redis may differ this much (ms): a value "from the future" beyond it is refused,
 #: and one read up to this long after its TTL is a plain miss rather than a suspected replay.
 _CLOCK_TOLERANCE_MS = 1000
@@ -173,68 +169,8 @@ class _Namespace:
     channel: str
     breakers: str  # {prefix}:{deployment_id}:breaker:
     breaker_key: str
-
-
-# -- scopes ----------------------------------------------------------------------------------------------------------
-
-
-def _utc(ts: dt.datetime) -> dt.datetime:
-    return ts.astimezone(dt.UTC)
-
-
-def _day(day: dt.date) -> str:
-    return "d" + day.isoformat()
-
-
-def _month(day: dt.date) -> str:
-    return "m" + day.isoformat()[:7]
-
-
-def write_scopes(event_times: Iterable[dt.datetime]) -> set[str]:
-    """The scopes a write of events at these times moves: each event's UTC day and month, and ``*``."""
-    days = {(ts if ts.tzinfo is dt.UTC else _utc(ts)).date() for ts in event_times}
-    out = {ALL}
-    for day in days:
-        out.add(_day(day))
-        out.add(_month(day))
-    return out
-
-
-def range_scopes(start: dt.datetime, end: dt.datetime) -> set[str]:
-    """Every scope a change to ``[start, end)`` moves (lifecycle: purge, detach): days, months and ``*``."""
-    out = {ALL}
-    day = _utc(start).replace(hour=0, minute=0, second=0, microsecond=0)
-    last = _utc(end)
-    while day < last:
-        out.add(_day(day.date()))
-        out.add(_month(day.date()))
-        day += dt.timedelta(days=1)
-    return out
-
-
-@functools.lru_cache(maxsize=4096)  # dashboards ask for the same windows again and again
-def read_scope(since: dt.datetime | None, until: dt.datetime | None) -> tuple[str, ...]:
-    """The scopes a query over ``[since, until)`` depends on: its days when it spans a few weeks, its months
-    when it spans up to twenty years, else ``*``. An open end (``until`` unset) depends on ``*``."""
-    if since is None or until is None:
-        return (ALL,)
-    start, end = _utc(since), _utc(until)
-    if end <= start:
-        return (ALL,)
-    first_day = start.replace(hour=0, minute=0, second=0, microsecond=0)
-    days = (end - first_day).days + (1 if (end - first_day) % dt.timedelta(days=1) else 0)
-    if days <= _MAX_DAYS:
-        first = first_day.date()
-        return tuple(_day(first + dt.timedelta(days=i)) for i in range(days))
-    months = (end.year - start.year) * 12 + end.month - start.month + 1
-    if months <= _MAX_MONTHS:
-        out = []
-        y, m = start.year, start.month
-        for _ in range(months):
-            out.append(f"m{y:04d}-{m:02d}")
-            y, m = (y + 1, 1) if m == 12 else (y, m + 1)
-        return tuple(out)
-    return (ALL,)
+    stats: str = ""  # {prefix}:{deployment_id}:stats: — each process's lookup counts, for a fleet-wide hit ratio
+    stats_key: str = ""
 
 
 # -- L1 ----------------------------------------------------------------------------------------------------------------
@@ -392,6 +328,7 @@ class QueryCache:
         self._breaker_dirty: set[str] = set()
         self._breaker_lock = threading.Lock()
         self._breaker_published = 0.0
+        self._stats_published = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------------------------------
 
@@ -481,10 +418,11 @@ class QueryCache:
                     return None
                 prefix = self.settings.cache.key_prefix
                 base = f"{prefix}:{ident}:{self._database}:{self.schema_version}"
-                breakers = f"{prefix}:{ident}:breaker:"
+                breakers, stats = f"{prefix}:{ident}:breaker:", f"{prefix}:{ident}:stats:"
+                me = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
                 self._ns = _Namespace(
                     deployment_id=ident, base=base, gen_key=f"{base}:gen", channel=f"{base}:invalidate",
-                    breakers=breakers, breaker_key=f"{breakers}{socket.gethostname()}:{os.getpid()}:{id(self):x}")
+                    breakers=breakers, breaker_key=f"{breakers}{me}", stats=stats, stats_key=f"{stats}{me}")
                 self._ns_ready.set()
             return self._ns
         finally:
@@ -861,6 +799,7 @@ class QueryCache:
                     self._merge(self._verified_generations(ns, self._redis.hgetall(ns.gen_key)))
                     self._synced.set()
                 self._publish_breakers()
+                self._publish_stats()
                 message = pubsub.get_message(timeout=0.5)
                 if message and message.get("type") == "message":
                     bumps = self._message(ns, message["data"])
@@ -953,6 +892,54 @@ class QueryCache:
             except (ValueError, KeyError, TypeError, AttributeError):
                 self._reject(_Refused("breaker states undecodable"))
         return out
+
+    def _publish_stats(self, *, force: bool = False) -> None:
+        """This process's lookup counts under ``{prefix}:{deployment_id}:stats:<host>:<pid>:…`` (authenticated,
+        expiring, refreshed every 30 s), so a monitor sees the fleet's hit ratio, not its own fresh cache's."""
+        ns = self._ns
+        now = time.monotonic()
+        if ns is None or self._seal is None or not ns.stats_key or (not force and now - self._stats_published < 30):
+            return
+        with self._counts_lock:
+            c = dict(self._counts)
+        body = json.dumps({"at": time.time(), "lookups": c["l1_hits"] + c["l1_misses"],
+                           "hits": c["l1_hits"] + c["l2_hits"], "l2_hits": c["l2_hits"]})
+        seal = self._seal
+        if self._redis_call(lambda: self._redis.set(ns.stats_key, seal.sign("stats", ns.stats_key, body),
+                                                    ex=_BREAKER_TTL_S)):
+            self._stats_published = now
+
+    def fleet_stats(self) -> dict[str, Any] | None:
+        """Lookups and hits summed over every process of this deployment that published them in the last two
+        minutes (``None`` when L2 is not configured, the identity is not known, or Redis cannot be read). Values
+        that fail authentication or are older than their expiry are left out (and counted as refused)."""
+        ns = self._namespace()
+        if self._redis is None or ns is None or self._seal is None or not ns.stats:
+            return None
+        seal = self._seal
+
+        def read() -> list[tuple[bytes, Any]]:
+            keys = list(self._redis.scan_iter(match=f"{ns.stats}*", count=500))
+            return list(zip(keys, self._redis.mget(keys))) if keys else []
+
+        result = self._redis_call(read)
+        if result is None:
+            return None
+        processes = lookups = hits = 0
+        for key, blob in result if isinstance(result, list) else []:
+            if not blob:
+                continue
+            try:
+                doc = json.loads(seal.verify("stats", key.decode("utf-8", "replace"), blob))
+                if not time.time() - _BREAKER_TTL_S - _CLOCK_TOLERANCE_MS / 1000 <= float(doc["at"]):
+                    raise _Refused("cache statistics older than their expiry (a replay)")
+                processes, lookups, hits = processes + 1, lookups + int(doc["lookups"]), hits + int(doc["hits"])
+            except _Refused as refused:
+                self._reject(refused)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                self._reject(_Refused("cache statistics undecodable"))
+        return {"processes": processes, "lookups": lookups, "hits": hits,
+                "hit_ratio": round(hits / lookups, 4) if lookups else 0.0}
 
     # -- stats -----------------------------------------------------------------------------------------------------
 

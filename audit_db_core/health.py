@@ -162,7 +162,7 @@ def build_health_report(db: HealthSources) -> HealthReport:
         schema_version=applied,
         package_schema_version=SCHEMA_VERSION,
         breakers=breakers,
-        cache=db.cache.stats(),
+        cache={**db.cache.stats(), "fleet": db.cache.fleet_stats()},
         routing=db.router.snapshot(),
         partitions=partitions,
     )

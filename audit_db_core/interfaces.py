@@ -149,6 +149,8 @@ class ResultCache(Protocol):
 
     def fleet_breakers(self) -> list[dict[str, Any]] | None: ...
 
+    def fleet_stats(self) -> dict[str, Any] | None: ...  # lookups / hits summed over the processes sharing it
+
 
 @runtime_checkable
 class ConnectionProvider(Protocol):

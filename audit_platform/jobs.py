@@ -423,7 +423,8 @@ def health_numbers(report: Any) -> dict[str, int | float]:
     """The numbers of a :class:`~audit_db_core.health.HealthReport` Dagster plots run after run, under stable keys:
     each replica's lag (``<replica>_lag_bytes`` / ``_lag_seconds``, when measured), the rows in DEFAULT, the
     breakers not closed and how often this process's breakers opened, and this process's query-cache hit ratio
-    (over ``cache_lookups`` lookups: the health run's own cache, not the applications')."""
+    (over ``cache_lookups`` lookups: summed over every process sharing the Redis — ``QueryCache.fleet_stats()`` —
+    else the health run's own cache)."""
     numbers: dict[str, int | float] = {}
     for name, component in report.components.items():
         for unit in ("bytes", "seconds"):
@@ -434,8 +435,10 @@ def health_numbers(report: Any) -> dict[str, int | float]:
         numbers["default_rows"] = report.partitions["default_rows"]
     numbers["breakers_not_closed"] = sum(1 for b in report.breakers.values() if b.get("state") != "closed")
     numbers["breaker_opens"] = sum(int(b.get("opened", 0)) for b in report.breakers.values())
-    numbers["cache_lookups"] = int(report.cache.get("lookups", 0))
-    numbers["cache_hit_ratio"] = float(report.cache.get("hit_ratio", 0.0))
+    # The fleet's figure (every process sharing the Redis publishes its counts), else this run's own cache.
+    cache = report.cache.get("fleet") or report.cache
+    numbers["cache_lookups"] = int(cache.get("lookups", 0))
+    numbers["cache_hit_ratio"] = float(cache.get("hit_ratio", 0.0))
     return numbers
 
 

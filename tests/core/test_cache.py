@@ -255,6 +255,30 @@ def test_breaker_states_are_published_for_other_processes(cdb: AuditDatabase, ca
         assert not any(x["breaker"] == "partitions" for x in monitor.cache.fleet_breakers() or [])
 
 
+def test_the_fleet_hit_ratio_sums_every_process_sharing_the_redis(
+        cdb: AuditDatabase, cached_settings: AuditSettings) -> None:
+    """A monitor (the Dagster health job) sees the applications' hit ratio, not its own fresh cache's."""
+    cdb.insert(event(DAY))
+    for _ in range(4):
+        cdb.query(q(), consistency="eventual")  # 1 miss, then 3 L1 hits
+    with AuditDatabase(cached_settings) as monitor:
+        assert monitor.cache.stats()["lookups"] == 0
+        cdb.cache._publish_stats(force=True)  # the invalidation thread does this every 30 s
+        deadline = time.monotonic() + 10
+        fleet = monitor.cache.fleet_stats()
+        while (fleet is None or fleet["lookups"] < 4) and time.monotonic() < deadline:
+            time.sleep(0.1)
+            fleet = monitor.cache.fleet_stats()
+        assert fleet is not None and fleet["lookups"] >= 4 and fleet["hits"] >= 3
+        assert fleet["hit_ratio"] == round(fleet["hits"] / fleet["lookups"], 4) > 0.5
+        assert monitor.health().cache["fleet"]["lookups"] >= 4
+        # Statistics written by someone without the key are refused, never summed.
+        redis_client = monitor.cache._redis
+        ns = monitor.cache._namespace()
+        redis_client.set(f"{ns.stats}forged", b'{"at": 9e99, "lookups": 1000000, "hits": 1000000}', ex=60)
+        assert monitor.cache.fleet_stats()["lookups"] < 1000000
+
+
 def test_after_lsn_refuses_a_cached_result_older_than_the_write(fresh_database: str) -> None:
     """Without Redis, nothing tells process B's L1 about A's write; a reader holding A's commit position must still
     get it (and an ordinary eventual read may, by design, still see B's cached result until its TTL)."""

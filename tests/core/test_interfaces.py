@@ -146,6 +146,9 @@ class RedisOnlyCache:
     def fleet_breakers(self) -> list[dict[str, Any]] | None:
         return None  # this cache does not share breaker states
 
+    def fleet_stats(self) -> dict[str, Any] | None:
+        return None  # nor its statistics
+
 
 @pytest.fixture
 def second_redis() -> Iterator[str]:
