@@ -866,32 +866,40 @@ class QueryCache:
         """Every breaker not closed in any process of this deployment sharing this Redis (``None`` when L2 is not
         configured, the deployment identity is not known, or Redis cannot be read). States that fail
         authentication, or are older than their expiry, are left out."""
+        docs = self._published("breakers", lambda ns: ns.breakers, "breaker states")
+        if docs is None:
+            return None
+        return [state for doc in docs if isinstance(doc.get("states"), dict) for state in doc["states"].values()]
+
+    def _published(self, purpose: str, prefix: Callable[[_Namespace], str], what: str) -> list[Any] | None:
+        """The documents every process published under ``prefix`` (``_publish_breakers`` / ``_publish_stats``)
+        that pass authentication and are younger than their expiry; ``None`` when Redis cannot tell."""
         ns = self._namespace()
         if self._redis is None or ns is None or self._seal is None:
             return None
-        seal = self._seal
+        seal, pattern = self._seal, f"{prefix(ns)}*"
 
         def read() -> list[tuple[bytes, Any]]:
-            keys = list(self._redis.scan_iter(match=f"{ns.breakers}*", count=500))
+            keys = list(self._redis.scan_iter(match=pattern, count=500))
             return list(zip(keys, self._redis.mget(keys))) if keys else []
 
         result = self._redis_call(read)
         if result is None:
             return None
-        out: list[dict[str, Any]] = []
+        docs: list[Any] = []
         for key, blob in result if isinstance(result, list) else []:
             if not blob:
                 continue
             try:
-                doc = json.loads(seal.verify("breakers", key.decode("utf-8", "replace"), blob))
+                doc = json.loads(seal.verify(purpose, key.decode("utf-8", "replace"), blob))
                 if not time.time() - _BREAKER_TTL_S - _CLOCK_TOLERANCE_MS / 1000 <= float(doc["at"]):
-                    raise _Refused("breaker states older than their expiry (a replay)")
-                out.extend(doc["states"].values())
+                    raise _Refused(f"{what} older than their expiry (a replay)")
+                docs.append(doc)
             except _Refused as refused:
                 self._reject(refused)
             except (ValueError, KeyError, TypeError, AttributeError):
-                self._reject(_Refused("breaker states undecodable"))
-        return out
+                self._reject(_Refused(f"{what} undecodable"))
+        return docs
 
     def _publish_stats(self, *, force: bool = False) -> None:
         """This process's lookup counts under ``{prefix}:{deployment_id}:stats:<host>:<pid>:…`` (authenticated,
@@ -913,32 +921,13 @@ class QueryCache:
         """Lookups and hits summed over every process of this deployment that published them in the last two
         minutes (``None`` when L2 is not configured, the identity is not known, or Redis cannot be read). Values
         that fail authentication or are older than their expiry are left out (and counted as refused)."""
-        ns = self._namespace()
-        if self._redis is None or ns is None or self._seal is None or not ns.stats:
+        docs = self._published("stats", lambda ns: ns.stats, "cache statistics")
+        if docs is None:
             return None
-        seal = self._seal
-
-        def read() -> list[tuple[bytes, Any]]:
-            keys = list(self._redis.scan_iter(match=f"{ns.stats}*", count=500))
-            return list(zip(keys, self._redis.mget(keys))) if keys else []
-
-        result = self._redis_call(read)
-        if result is None:
-            return None
-        processes = lookups = hits = 0
-        for key, blob in result if isinstance(result, list) else []:
-            if not blob:
-                continue
-            try:
-                doc = json.loads(seal.verify("stats", key.decode("utf-8", "replace"), blob))
-                if not time.time() - _BREAKER_TTL_S - _CLOCK_TOLERANCE_MS / 1000 <= float(doc["at"]):
-                    raise _Refused("cache statistics older than their expiry (a replay)")
-                processes, lookups, hits = processes + 1, lookups + int(doc["lookups"]), hits + int(doc["hits"])
-            except _Refused as refused:
-                self._reject(refused)
-            except (ValueError, KeyError, TypeError, AttributeError):
-                self._reject(_Refused("cache statistics undecodable"))
-        return {"processes": processes, "lookups": lookups, "hits": hits,
+        counted = [(int(d["lookups"]), int(d["hits"])) for d in docs
+                   if isinstance(d.get("lookups"), int) and isinstance(d.get("hits"), int)]
+        lookups, hits = sum(c[0] for c in counted), sum(c[1] for c in counted)
+        return {"processes": len(counted), "lookups": lookups, "hits": hits,
                 "hit_ratio": round(hits / lookups, 4) if lookups else 0.0}
 
     # -- stats -----------------------------------------------------------------------------------------------------

@@ -91,6 +91,31 @@ def migrate(conninfo: str, *, connect_timeout: int = 10, lock_timeout_s: float =
         return _migrate(conn, lock_timeout_s)
 
 
+def create_database(conninfo: str, dbname: str, *, connect_timeout: int = 10) -> bool:
+    """Create database ``dbname`` on the server of ``conninfo`` unless it exists (safe when several processes
+    race); True if this call created it. For a database beside the audit log, e.g. Dagster's storage.
+
+    Example::
+
+        create_database("postgresql://postgres@127.0.0.1:5433/postgres", "dagster")
+    """
+    import psycopg
+    from psycopg import sql
+
+    try:
+        with psycopg.connect(conninfo, autocommit=True, connect_timeout=connect_timeout) as conn:
+            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+                return False
+            try:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+            except psycopg.errors.DuplicateDatabase:
+                return False  # another process created it meanwhile
+    except psycopg.Error as exc:
+        raise classify(exc, operation="create_database", database=dbname) from None
+    logger.info("created database %s", dbname)
+    return True
+
+
 def _migrate(conn: psycopg.Connection, lock_timeout_s: float) -> MigrationResult:
     import psycopg
     from psycopg import sql

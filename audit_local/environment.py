@@ -83,7 +83,7 @@ def development_variables(directory: Path, *, keep: Mapping[str, str] | None = N
         if PUBLIC_KEYS not in kept:
             out[PUBLIC_KEYS] = keys[PUBLIC_KEYS]
     for name, file, make in SECRETS:
-        if name not in kept and (name != CACHE_KEY or cache_key_setting_known()):
+        if name not in kept:
             out[name] = development_secret(directory / file, make)
     return out
 
@@ -123,11 +123,3 @@ def development_secret(path: Path, make: Callable[[], str]) -> str:
     write_private(path, (key + "\n").encode(), exclusive=True)
     logger.info("made a development key in %s", path)
     return key
-
-
-def cache_key_setting_known() -> bool:
-    """Whether the installed core reads ``AUDIT_CACHE__KEY``. A settings section refuses keys it does not know, so
-    exporting the variable to a core without that setting would make every command fail."""
-    from audit_db_core.config import CacheSettings
-
-    return "key" in CacheSettings.model_fields

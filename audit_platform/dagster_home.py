@@ -40,9 +40,6 @@ from typing import Final
 from urllib.parse import urlsplit, urlunsplit
 
 import psutil
-import psycopg
-from psycopg import sql
-
 from audit_db_core.errors import AuditError, ErrorCategory, Severity
 
 logger = logging.getLogger("audit_platform.dagster_home")
@@ -85,22 +82,13 @@ def ensure_database(database_url: str, dbname: str = DAGSTER_DATABASE) -> bool:
 
         ensure_database("postgresql://postgres@127.0.0.1:5433/postgres")   # the "dagster" database
     """
-    parts = urlsplit(database_url)
-    libpq_url = urlunsplit(parts._replace(scheme="postgresql"))  # psycopg wants plain postgresql://
+    from audit_db_core.migrate import create_database
+
+    libpq_url = urlunsplit(urlsplit(database_url)._replace(scheme="postgresql"))  # psycopg wants postgresql://
     try:
-        with psycopg.connect(libpq_url, autocommit=True, connect_timeout=10) as conn:
-            if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
-                return False
-            try:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
-            except psycopg.errors.DuplicateDatabase:
-                return False  # another process created it meanwhile
-    except psycopg.Error as exc:
-        raise DagsterDevError(
-            f"could not create the {dbname!r} database for Dagster's storage: {str(exc).strip()}"
-        ) from None
-    logger.info("created database %s for Dagster's storage", dbname)
-    return True
+        return create_database(libpq_url, dbname)
+    except AuditError as exc:
+        raise DagsterDevError(f"could not create the {dbname!r} database for Dagster's storage: {exc.message}") from None
 
 
 def dagster_yaml(

@@ -139,3 +139,17 @@ def test_core_modules_are_read_in_one_sitting(limit: int) -> None:
     """No core module over ``limit`` lines (the restructuring cut the three that were)."""
     long = {name: n for name, path in _core_modules().items() if (n := len(path.read_text().splitlines())) > limit}
     assert long == {}
+
+
+def test_the_dagster_layer_holds_no_sql() -> None:
+    """audit_platform calls the core for every database operation: it imports no driver and runs no statement."""
+    offenders = []
+    for path in sorted((REPO / "audit_platform").rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                offenders += [f"{path.name} imports {n}" for n in names if n.split(".")[0] in ("psycopg", "psycopg2")]
+            elif isinstance(node, ast.Attribute) and node.attr in ("execute", "executemany", "copy"):
+                offenders.append(f"{path.name}:{node.lineno} calls .{node.attr}()")
+    assert offenders == []
