@@ -181,7 +181,8 @@ class _SealRun:
         if not new:
             self.conn.execute("ROLLBACK")
             return self._record("nothing_to_seal", (), cutoff, head, "no window closed and no late event since the "
-                                "last seal")
+                                f"last seal, among events ingested before {format_time(cutoff)} (later ones wait for "
+                                "the next seal)")
         insert_digests(self.conn, new)
         summaries = tuple(SealedDigest(d.chain_seq, d.window_start, d.window_end, d.seq, d.event_count,
                                        d.digest_hash.hex()) for d, _ in new)

@@ -81,6 +81,7 @@ set -euo pipefail
 eval "$({cli} local up --dir {shlex.quote(str(data))})"
 {cli} migrate
 {cli} demo --events 300
+sleep 1.5  # events stamped within the seal's cutoff grace (1 s) wait for the next seal; a fast machine gets here sooner
 {cli} integrity seal
 {cli} verify
 export AUDIT_PARTITIONS__ACTIVE_WINDOW="1 day"
