@@ -239,6 +239,14 @@ def cmd_partitions(args: argparse.Namespace) -> int:
                 print(f"{verb} {len(report.of('purge'))} partitions; "
                       f"{'would delete' if dry_run else 'deleted'} {len(report.of('delete_archive'))} archives"
                       + ("  (dry run: add --execute to purge)" if dry_run else ""))
+        elif args.action == "maintain":
+            result = pm.run_maintenance(run_id=run_id)
+            rows = [{"name": r.name, "created": r.created, "rescued_rows": r.rescued_rows}
+                    for r in (*result.window, *result.rescued)]
+            _emit(args, result.to_dict(), rows, ["name", "created", "rescued_rows"])
+            if not args.json:
+                print("nothing to do" if result.nothing_to_do else
+                      f"created {len(result.created)} partitions; {result.rescued_rows} rows rescued from DEFAULT")
         elif args.action == "rescue":
             results = pm.rescue_default(run_id=run_id)
             rows = [{"name": r.name, "created": r.created, "rescued_rows": r.rescued_rows} for r in results]
@@ -600,7 +608,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parts = sub.add_parser("partitions", help="partition lifecycle: plan, list, create, archive, purge, …")
     parts.add_argument(
-        "action", choices=["plan", "list", "create", "rescue", "archive", "purge", "optimize", "hold", "restore"]
+        "action",
+        choices=["plan", "list", "maintain", "create", "rescue", "archive", "purge", "optimize", "hold", "restore"],
     )
     parts.add_argument("period", nargs="*", help="period key(s): 2026-11, 2026-Q4, 2026, 2026-11-23 or a partition name")
     parts.add_argument("--json", action="store_true", help="JSON output for scripts")

@@ -12,7 +12,7 @@ One :class:`PartitionManager` offers every operation; each concern lives in a mo
 - :mod:`~audit_db_core.partitions.creation` — create, premake, rescue of DEFAULT rows;
 - :mod:`~audit_db_core.partitions.archival` — archive, detach, restore, verification of the archives kept;
 - :mod:`~audit_db_core.partitions.purge` — retention purge, archive deletion, legal holds;
-- :mod:`~audit_db_core.partitions.maintenance` — the maintenance plan and index upkeep.
+- :mod:`~audit_db_core.partitions.maintenance` — the daily pass, the maintenance plan and index upkeep.
 
 The locks each operation takes are described in its module (see also docs/guides/lifecycle.md).
 
@@ -20,6 +20,7 @@ Example::
 
     pm = db.partitions
     pm.premake(3)                                # this period and the next three exist afterwards
+    pm.run_maintenance()                         # the daily pass: premake + rescue of DEFAULT rows
     pm.plan()                                    # what maintenance would do now, without doing it
     pm.archive("2026-07")                        # export + verify + read-only, once past the active window
     pm.purge(dry_run=True).decisions             # what a purge would drop, and why
@@ -54,6 +55,7 @@ from audit_db_core.partitions.results import (
     CreateResult,
     IndexStats,
     MaintenancePlan,
+    MaintenanceResult,
     OptimizeReport,
     OptimizeStep,
     PartitionInfo,
@@ -76,9 +78,9 @@ logger = logging.getLogger("audit_db_core.partitions")
 
 __all__ = [
     "DEFAULT_PARTITION", "MAINTAINER_ROLE", "PARENT_TABLE", "ArchiveResult", "ArchivedHook", "ConnectionSource",
-    "CreateResult", "IndexStats", "MaintenancePlan", "OptimizeReport", "OptimizeStep", "PartitionBounds",
-    "PartitionInfo", "PartitionManager", "PartitionStats", "PlannedAction", "PurgeDecision", "PurgeReport",
-    "RestoreResult", "bounds_for", "following", "resolve_period",
+    "CreateResult", "IndexStats", "MaintenancePlan", "MaintenanceResult", "OptimizeReport", "OptimizeStep",
+    "PartitionBounds", "PartitionInfo", "PartitionManager", "PartitionStats", "PlannedAction", "PurgeDecision",
+    "PurgeReport", "RestoreResult", "bounds_for", "following", "resolve_period",
 ]
 
 
@@ -181,5 +183,6 @@ class PartitionManager:
     release = purging.release
 
     # -- maintenance (maintenance.py) ----------------------------------------------------------------------------
+    run_maintenance = maintenance.run_maintenance
     plan = maintenance.plan
     optimize = maintenance.optimize

@@ -33,8 +33,8 @@ from audit_db_core.partitions.bounds import (
     following,
     resolve_period,
 )
-from audit_db_core.partitions.inspection import default_ranges, registered
-from audit_db_core.partitions.results import CreateResult, _elapsed_ms
+from audit_db_core.partitions.inspection import default_ranges, registered, registered_among, single_read
+from audit_db_core.partitions.results import CreateResult, PartitionInfo, _elapsed_ms
 
 if TYPE_CHECKING:
     from audit_db_core.partitions.state import ManagerState
@@ -134,12 +134,32 @@ def _move_default_rows(conn: psycopg.Connection[Any], b: PartitionBounds, in_ran
 def premake(
     pm: ManagerState, n: int | None = None, *, now: dt.datetime | None = None, run_id: str | None = None
 ) -> list[CreateResult]:
-    """Ensure the partition of ``now`` and the ``n`` following ones exist (``n`` defaults to settings)."""
+    """Ensure the partition of ``now`` and the ``n`` following ones exist (``n`` defaults to settings).
+
+    One statement finds the registered ones; only the missing ones go through :func:`create_partition` (its lock,
+    its re-check), so a premake with nothing to make costs one round trip."""
+    window = premake_window(pm, n, now)
+    with single_read(pm, "premake") as conn:
+        found = registered_among(conn, [b.name for b in window])
+    return complete_window(pm, window, found, run_id=run_id)
+
+
+def premake_window(pm: ManagerState, n: int | None = None, now: dt.datetime | None = None) -> list[PartitionBounds]:
+    """The period of ``now`` and the ``n`` following ones (``n`` defaults to ``AUDIT_PARTITIONS__PREMAKE``)."""
     count = pm.settings.partitions.premake if n is None else n
     if count < 0:
         raise PartitionError("premake count must be >= 0", operation="premake")
     current = bounds_for(now or dt.datetime.now(dt.UTC), pm.interval)
-    return [create_partition(pm, following(current, pm.interval, i), run_id=run_id) for i in range(count + 1)]
+    return [following(current, pm.interval, i) for i in range(count + 1)]
+
+
+def complete_window(
+    pm: ManagerState, window: list[PartitionBounds], found: dict[str, PartitionInfo], *, run_id: str | None
+) -> list[CreateResult]:
+    """One result per period of ``window``: the registry row ``found`` for it (what :func:`create_partition` would
+    answer for a registered period), else a partition created now."""
+    return [CreateResult(found[b.name], created=False) if b.name in found else create_partition(pm, b, run_id=run_id)
+            for b in window]
 
 
 def rescue_default(pm: ManagerState, *, run_id: str | None = None) -> list[CreateResult]:

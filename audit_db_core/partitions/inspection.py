@@ -15,6 +15,8 @@ Example::
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -68,6 +70,27 @@ def registered(conn: psycopg.Connection[Any], name: str, *, lock: bool = False) 
         stmt += sql.SQL(" FOR UPDATE")
     row = cur.execute(stmt, (name,)).fetchone()
     return _info(row) if row else None
+
+
+def registered_among(conn: psycopg.Connection[Any], names: Sequence[str]) -> dict[str, PartitionInfo]:
+    """The registry rows of those of ``names`` that are registered, by name: one statement."""
+    cur = conn.cursor(row_factory=dict_row)
+    rows = cur.execute(_INFO_SELECT + sql.SQL(" WHERE partition_name = ANY(%s)"), (list(names),)).fetchall()
+    return {r["partition_name"]: _info(r) for r in rows}
+
+
+@contextmanager
+def single_read(pm: ManagerState, operation: str) -> Iterator[psycopg.Connection[Any]]:
+    """A pooled primary connection for one read statement, in autocommit: a single round trip, with no BEGIN and
+    COMMIT around it (a lone SELECT needs no transaction). The connection goes back to the pool as it came."""
+    with pm._conn(operation) as conn:
+        previous = conn.autocommit
+        conn.autocommit = True
+        try:
+            yield conn
+        finally:
+            if conn.pgconn.transaction_status == psycopg.pq.TransactionStatus.IDLE:  # else broken: the pool drops it
+                conn.autocommit = previous
 
 
 def list_partitions(pm: ManagerState, state: str | None = None) -> list[PartitionInfo]:
@@ -129,7 +152,7 @@ def default_ranges(pm: ManagerState) -> list[tuple[PartitionBounds, int]]:
     stmt = sql.SQL("SELECT {k} AS k, count(*), min(event_time) FROM {t} GROUP BY 1 ORDER BY 1").format(
         k=key, t=sql.Identifier(DEFAULT_PARTITION)
     )
-    with pm._conn("default_ranges") as conn:
+    with single_read(pm, "default_ranges") as conn:
         rows = conn.execute(stmt).fetchall()
     return [(bounds_for(first, interval), int(n)) for _, n, first in rows]
 

@@ -1,9 +1,11 @@
-"""Routine maintenance: the plan of what maintenance would do now (create, rescue, archive, purge, optimize),
-and the index and statistics upkeep of the active partitions.
+"""Routine maintenance: the daily pass (premake + rescue of DEFAULT rows, one statement when there is nothing to
+do), the plan of what maintenance would do now (create, rescue, archive, purge, optimize), and the index and
+statistics upkeep of the active partitions.
 
 Example::
 
     pm = db.partitions
+    pm.run_maintenance().nothing_to_do              # True: the window exists and DEFAULT holds nothing to rescue
     pm.plan().of("archive")                         # [PlannedAction('archive', 'audit_log_p2026_07', …), …]
     pm.optimize().steps                             # ANALYZE, BRIN summaries, REINDEX of bloated B-trees
 """
@@ -17,13 +19,23 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from audit_db_core import ledger
-from audit_db_core.partitions.bounds import _utc, bounds_for, following
-from audit_db_core.partitions.inspection import archive_cutoff, default_ranges, list_partitions
+from audit_db_core.partitions.bounds import DEFAULT_PARTITION, _utc, bounds_for, following
+from audit_db_core.partitions.creation import complete_window, premake_window, rescue_default
+from audit_db_core.partitions.inspection import (
+    _INFO_FIELDS,
+    _info,
+    archive_cutoff,
+    default_ranges,
+    list_partitions,
+    single_read,
+)
 from audit_db_core.partitions.purge import purge_decisions
 from audit_db_core.partitions.results import (
     MaintenancePlan,
+    MaintenanceResult,
     OptimizeReport,
     OptimizeStep,
     PartitionInfo,
@@ -34,6 +46,49 @@ from audit_db_core.partitions.results import (
 if TYPE_CHECKING:
     from audit_db_core.config import MaintenanceSettings
     from audit_db_core.partitions.state import ManagerState
+
+
+# -- the daily pass -------------------------------------------------------------------------------------------------
+
+# One statement answers "is anything due?": the registry rows of the premake window (a name missing is a partition
+# to make) and whether DEFAULT holds a row that no registered partition covers (a period to rescue). The one-row
+# subquery on the left keeps the answer when no row of the window is registered.
+_DUE = sql.SQL(
+    "SELECT s.stray, {fields} FROM (SELECT EXISTS (SELECT 1 FROM {default} d WHERE NOT EXISTS ("
+    "SELECT 1 FROM audit_partitions r WHERE tstzrange(r.range_start, r.range_end) @> d.event_time)) AS stray) s"
+    " LEFT JOIN audit_partitions p ON p.partition_name = ANY(%s)"
+).format(fields=sql.SQL(", ").join(sql.Identifier("p", c) for c in _INFO_FIELDS),
+         default=sql.Identifier(DEFAULT_PARTITION))
+
+
+def run_maintenance(
+    pm: ManagerState, *, now: dt.datetime | None = None, run_id: str | None = None
+) -> MaintenanceResult:
+    """The daily creation pass, pg_partman's ``run_maintenance()``: the partition of ``now`` and the
+    ``AUDIT_PARTITIONS__PREMAKE`` following ones exist afterwards, and every period whose rows sit in DEFAULT has
+    its partition (the rows moved in).
+
+    When nothing is due it costs one statement (no lock, no ledger entry) and says ``nothing_to_do``. Otherwise
+    each missing partition is made by :meth:`create_partition` (advisory lock, re-check, ledger) and DEFAULT is
+    rescued by :meth:`rescue_default`, so concurrent passes still make each partition once. Rows DEFAULT holds for
+    periods whose partition was archived and detached, or purged, cannot be rescued: they do not count as work
+    (``plan()`` reports them as ``late``).
+
+    Example::
+
+        result = db.partitions.run_maintenance(run_id="nightly-2026-12-01")
+        result.nothing_to_do, [r.name for r in result.created]     # False, ['audit_log_p2027_03']
+    """
+    started = time.perf_counter()
+    window = premake_window(pm, None, now)
+    with single_read(pm, "run_maintenance") as conn:
+        rows = conn.cursor(row_factory=dict_row).execute(_DUE, ([b.name for b in window],)).fetchall()
+    stray = bool(rows[0]["stray"])
+    found = {r["partition_name"]: _info(r) for r in rows if r["partition_name"] is not None}
+    idle = not stray and len(found) == len(window)
+    results = complete_window(pm, window, found, run_id=run_id)
+    rescued = rescue_default(pm, run_id=run_id) if stray else []
+    return MaintenanceResult(results, rescued, nothing_to_do=idle, duration_ms=_elapsed_ms(started))
 
 
 # -- plan -----------------------------------------------------------------------------------------------------------

@@ -55,6 +55,37 @@ class CreateResult:
 
 
 @dataclass(frozen=True)
+class MaintenanceResult:
+    """What one :meth:`~audit_db_core.partitions.PartitionManager.run_maintenance` pass found and did.
+
+    ``window``: the current period and the premake window, in order (``created`` where this pass made it);
+    ``rescued``: partitions created for periods whose rows sat in DEFAULT; ``nothing_to_do``: the pass's one check
+    found every partition of the window registered and no row in DEFAULT that a new partition could take, so it
+    changed nothing (and took no lock)."""
+
+    window: list[CreateResult]
+    rescued: list[CreateResult]
+    nothing_to_do: bool
+    duration_ms: float = 0.0
+
+    @property
+    def created(self) -> list[CreateResult]:
+        """The partitions this pass created (premade or for rescued rows)."""
+        return [r for r in (*self.window, *self.rescued) if r.created]
+
+    @property
+    def rescued_rows(self) -> int:
+        return sum(r.rescued_rows for r in (*self.window, *self.rescued))
+
+    def to_dict(self) -> dict[str, Any]:
+        def row(r: CreateResult) -> dict[str, Any]:
+            return {"name": r.name, "created": r.created, "rescued_rows": r.rescued_rows, "duration_ms": r.duration_ms}
+
+        return {"nothing_to_do": self.nothing_to_do, "duration_ms": self.duration_ms,
+                "window": [row(r) for r in self.window], "rescued": [row(r) for r in self.rescued]}
+
+
+@dataclass(frozen=True)
 class ArchiveResult:
     partition: str
     status: str  # "archived" | "already_archived"

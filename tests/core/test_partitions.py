@@ -5,17 +5,21 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 import pytest
 
-from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, ComplianceError, PartitionError, Period
+from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings, ComplianceError, PartitionError, Period
 from audit_local.demo import demo_events
 from audit_db_core.ledger import entries
-from audit_db_core.partitions import bounds_for, resolve_period
+from audit_db_core.migrate import LOCK_CLASS, LOCK_PARTITIONS
+from audit_db_core.partitions import bounds_for, following, resolve_period
 
 UTC = dt.UTC
 MONTH = Period(months=1)
+T = TypeVar("T")
 
 
 @pytest.mark.parametrize(
@@ -84,23 +88,30 @@ def test_premake_is_idempotent_and_registered(db: AuditDatabase, fresh_database:
     assert db.partitions.find_partition(dt.datetime(2040, 1, 1, tzinfo=UTC)) is None
 
 
-def test_sixteen_concurrent_creators_make_one_partition(db: AuditDatabase, fresh_database: str) -> None:
+def concurrently(n: int, call: Callable[[], T]) -> tuple[list[T], list[BaseException]]:
+    """Run ``call`` in ``n`` threads released together: (results, errors)."""
+    results: list[T] = []
     errors: list[BaseException] = []
-    names: list[str] = []
-    barrier = threading.Barrier(16)
+    barrier = threading.Barrier(n)
 
-    def create() -> None:
+    def one() -> None:
         try:
             barrier.wait()
-            names.append(db.partitions.create_partition("2031-06").name)
-        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            results.append(call())
+        except BaseException as exc:  # noqa: BLE001 - collected for the caller to assert
             errors.append(exc)
 
-    threads = [threading.Thread(target=create) for _ in range(16)]
+    threads = [threading.Thread(target=one) for _ in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(60)
+    return results, errors
+
+
+def test_sixteen_concurrent_creators_make_one_partition(db: AuditDatabase, fresh_database: str) -> None:
+    made, errors = concurrently(16, lambda: db.partitions.create_partition("2031-06"))
+    names = [r.name for r in made]
     assert errors == []
     assert names == ["audit_log_p2031_06"] * 16
     with psycopg.connect(fresh_database) as conn:
@@ -250,3 +261,108 @@ def test_optimize_analyzes_summarizes_and_rebuilds_bloated_indexes(db: AuditData
         (invalid,) = conn.execute("SELECT count(*) FROM pg_index WHERE NOT indisvalid").fetchone()  # type: ignore[misc]
     assert len(optimized) == 2 and invalid == 0
     assert db.count(AuditQuery()) == 4000  # maintenance changes no data
+
+
+# -- the daily pass (run_maintenance) -----------------------------------------------------------------------------
+
+
+def _lifecycle_state(url: str) -> dict[str, object]:
+    """What a maintenance pass could change: the partitions attached, the registry, the ledger, DEFAULT's rows."""
+    with psycopg.connect(url) as conn:
+        return {
+            "attached": conn.execute(
+                "SELECT c.relname, pg_get_expr(c.relpartbound, c.oid) FROM pg_inherits i JOIN pg_class c"
+                " ON c.oid = i.inhrelid WHERE i.inhparent = 'audit_log'::regclass ORDER BY 1").fetchall(),
+            "registry": conn.execute("SELECT * FROM audit_partitions ORDER BY range_start").fetchall(),
+            "ledger": conn.execute("SELECT count(*) FROM audit_lifecycle_ledger").fetchone(),
+            "default_rows": conn.execute("SELECT count(*) FROM audit_log_default").fetchone(),
+        }
+
+
+def _window(now: dt.datetime, premake: int) -> list[str]:
+    first = bounds_for(now, MONTH)
+    return [following(first, MONTH, i).name for i in range(premake + 1)]
+
+
+def test_an_idle_maintenance_pass_changes_nothing_and_takes_no_lock(fresh_database: str) -> None:
+    settings = AuditSettings(database_url=fresh_database, pool={"statement_timeout_ms": 3000})
+    before = _lifecycle_state(fresh_database)
+    with AuditDatabase(settings) as db, psycopg.connect(fresh_database, autocommit=True) as creator:
+        # Another process is creating partitions: an idle pass has nothing to wait for (a pass with work would
+        # wait for this lock, and hit the statement timeout).
+        creator.execute("SELECT pg_advisory_lock(%s, %s)", (LOCK_CLASS, LOCK_PARTITIONS))
+        result = db.partitions.run_maintenance(run_id="idle")
+        assert result.nothing_to_do and result.created == [] and result.rescued == [] and result.rescued_rows == 0
+        assert [r.name for r in result.window] == _window(dt.datetime.now(UTC), db.settings.partitions.premake)
+        assert not any(r.created for r in result.window)
+        assert all(r.partition.state == "active" for r in result.window)
+        assert result.to_dict()["nothing_to_do"] is True
+        premade = db.partitions.premake()  # premake's own idle path answers the same
+        assert [(r.name, r.created) for r in premade] == [(r.name, False) for r in result.window]
+    assert _lifecycle_state(fresh_database) == before  # no partition, registry change or ledger entry
+    with psycopg.connect(fresh_database) as conn:
+        assert [e for e in entries(conn) if e.run_id == "idle"] == []
+
+
+def test_a_maintenance_pass_after_a_month_boundary_or_with_rows_in_default_does_the_work(
+    db: AuditDatabase, fresh_database: str
+) -> None:
+    pm = db.partitions
+    premake = db.settings.partitions.premake
+    next_month = following(bounds_for(dt.datetime.now(UTC), MONTH), MONTH).start + dt.timedelta(days=3)
+    # The clock passed into the next month: the window moved by one, its last partition is due.
+    result = pm.run_maintenance(now=next_month, run_id="boundary")
+    window = _window(next_month, premake)
+    assert not result.nothing_to_do
+    assert [r.name for r in result.window] == window
+    assert [r.name for r in result.created] == [window[-1]]
+    assert pm.get(window[-1]).state == "active"
+    with psycopg.connect(fresh_database) as conn:
+        made = [e for e in entries(conn, operation="create") if e.run_id == "boundary"]
+    assert [e.partition_name for e in made] == [window[-1]]
+    assert pm.run_maintenance(now=next_month).nothing_to_do  # done: idle again
+
+    # Rows landed in DEFAULT for a period without a partition: the pass gives it its partition and moves them in.
+    stray = demo_events(40, now=dt.datetime(2040, 5, 20, tzinfo=UTC), span=dt.timedelta(days=10))
+    db.insert_many(stray)
+    assert pm.default_row_count() == 40
+    rescued = pm.run_maintenance(now=next_month, run_id="rescue")
+    assert not rescued.nothing_to_do and [r.name for r in rescued.rescued] == ["audit_log_p2040_05"]
+    assert rescued.rescued_rows == 40 and [r.name for r in rescued.created] == ["audit_log_p2040_05"]
+    assert pm.default_row_count() == 0 and db.count(AuditQuery(since=dt.datetime(2040, 5, 1, tzinfo=UTC))) == 40
+
+    # A partition of the window that went missing (here: its registry row and table removed behind the library's
+    # back) is made again by the next pass.
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute(psycopg.sql.SQL("DROP TABLE {}").format(psycopg.sql.Identifier(window[2])))
+        conn.execute("DELETE FROM audit_partitions WHERE partition_name = %s", (window[2],))
+    again = pm.run_maintenance(now=next_month)
+    assert [r.name for r in again.created] == [window[2]] and pm.get(window[2]).state == "active"
+    assert pm.run_maintenance(now=next_month).nothing_to_do
+
+
+def test_rows_no_partition_can_take_do_not_make_a_pass_busy(db: AuditDatabase, fresh_database: str) -> None:
+    """Rows in DEFAULT for a period whose registered partition is no longer attached (archived in detach mode, or
+    purged) cannot be rescued: the pass has nothing to do, like ``rescue_default`` (``plan`` reports them)."""
+    pm = db.partitions
+    pm.create_partition("2041-01")
+    with psycopg.connect(fresh_database, autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_log DETACH PARTITION audit_log_p2041_01")
+    db.insert_many(demo_events(5, now=dt.datetime(2041, 1, 20, tzinfo=UTC), span=dt.timedelta(days=5)))
+    assert pm.default_row_count() == 5
+    assert pm.rescue_default() == []
+    result = pm.run_maintenance()
+    assert result.nothing_to_do and result.created == [] and pm.default_row_count() == 5
+    assert [a.partition for a in pm.plan().of("late")] == ["audit_log_p2041_01"]
+
+
+def test_concurrent_maintenance_passes_make_each_partition_once(db: AuditDatabase, fresh_database: str) -> None:
+    now = dt.datetime(2045, 7, 10, tzinfo=UTC)
+    results, errors = concurrently(8, lambda: db.partitions.run_maintenance(now=now, run_id="many"))
+    window = _window(now, db.settings.partitions.premake)
+    assert errors == [] and len(results) == 8
+    made = sorted(r.name for result in results for r in result.created)
+    assert made == sorted(window)  # each made by exactly one pass; the others found it
+    with psycopg.connect(fresh_database) as conn:
+        creates = [e.partition_name for e in entries(conn, operation="create") if e.run_id == "many"]
+    assert sorted(creates) == sorted(window)
