@@ -25,12 +25,11 @@ from typing import TYPE_CHECKING, Any, get_args
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
 
 from audit_db_core.breakers import BreakerRegistry, ErrorPolicy, GuardedConnections, RetryPolicy, counts_as_failure
 from audit_db_core.cache import QueryCache, range_scopes, read_scope, write_scopes
 from audit_db_core.config import AuditSettings, ConsistencyLevel
-from audit_db_core.connections import ConnectionManager, current_lsn, format_lsn, parse_lsn
+from audit_db_core.connections import CURRENT_LSN, ConnectionManager, current_lsn, format_lsn, parse_lsn
 from audit_db_core.deployment import read_deployment_id
 from audit_db_core.errors import (
     AuditError,
@@ -40,7 +39,14 @@ from audit_db_core.errors import (
     scrub_exception,
     server_message,
 )
-from audit_db_core.events import EVENT_COLUMNS, AuditEvent, DataClassification, EventStatus, StoredAuditEvent
+from audit_db_core.events import (
+    EVENT_COLUMNS,
+    AuditEvent,
+    DataClassification,
+    EventStatus,
+    StoredAuditEvent,
+    stored_event_row,
+)
 from audit_db_core.health import HealthReport, build_health_report
 from audit_db_core.interfaces import ErrorHandler, ResultCache
 from audit_db_core.migrate import SCHEMA_VERSION, MigrationResult, migrate
@@ -49,11 +55,11 @@ from audit_db_core.privacy import PrivacyManager
 from audit_db_core.query import (
     AuditQuery,
     QueryPage,
-    count_statement,
+    count_query,
     encode_cursor,
+    page_query,
     page_size,
     restored_tables,
-    select_statement,
 )
 from audit_db_core.routing import ReplicaRouter, RouteTarget
 
@@ -86,6 +92,8 @@ _MERGE_STAGE = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOT
     _STAGE,
 )
 _CONSISTENCY = get_args(ConsistencyLevel)
+#: A read in two steps: send its statement on a connection, then (the returned function) read its result.
+_Send = Callable[[psycopg.Connection[Any]], Callable[[], Any]]
 #: Beyond any WAL position a cached result can claim: the generation of a write whose position is unknown.
 _UNKNOWN_LSN = 2**62
 
@@ -223,21 +231,56 @@ def _check_query(query: Any) -> AuditQuery:
 
 
 def _query(conn: psycopg.Connection[Any], query: AuditQuery, settings: AuditSettings) -> QueryPage:
+    return _send_query(conn, query, settings)()
+
+
+def _send_query(conn: psycopg.Connection[Any], query: AuditQuery, settings: AuditSettings) -> Callable[[], QueryPage]:
+    """Send the page query; the returned function reads the page. Two steps, so that a read that also needs the WAL
+    position can send both statements in one pipeline (one round trip) before reading either."""
     _check_query(query)
     limit = page_size(query, settings.query.max_page_size, settings.query.default_page_size)
-    stmt, params = select_statement(query, limit, restored_tables(conn, query))
-    with conn.cursor(row_factory=dict_row) as cur:
-        rows = cur.execute(stmt, params).fetchall()
-    events = [StoredAuditEvent.from_row(r) for r in rows[:limit]]
-    next_cursor = encode_cursor(query, events[-1]) if len(rows) > limit else None
-    return QueryPage(events=events, next_cursor=next_cursor, limit=limit)
+    stmt, params = page_query(query, limit, restored_tables(conn, query))
+    cur = conn.cursor(row_factory=stored_event_row)  # rows come out as events: no tuple or dict in between
+    cur.execute(stmt, params, binary=True)  # binary results: less to send, and times and ids need no parsing
+
+    def page() -> QueryPage:
+        events = cur.fetchall()
+        cur.close()
+        next_cursor = None
+        if len(events) > limit:
+            del events[limit:]
+            next_cursor = encode_cursor(query, events[-1])
+        return QueryPage(events=events, next_cursor=next_cursor, limit=limit)
+
+    return page
 
 
 def _count(conn: psycopg.Connection[Any], query: AuditQuery) -> int:
+    return _send_count(conn, query)()
+
+
+def _send_count(conn: psycopg.Connection[Any], query: AuditQuery) -> Callable[[], int]:
     _check_query(query)
-    stmt, params = count_statement(query, restored_tables(conn, query))
-    row = conn.execute(stmt, params).fetchone()
-    return int(row[0]) if row else 0
+    stmt, params = count_query(query, restored_tables(conn, query))
+    cur = conn.execute(stmt, params)
+
+    def count() -> int:
+        row = cur.fetchone()
+        return int(row[0]) if row else 0
+
+    return count
+
+
+def _run_read(conn: psycopg.Connection[Any], send: _Send, *, lsn: bool) -> tuple[Any, int]:
+    """(result, WAL position it reflects — 0 unless ``lsn``). With ``lsn``, the position is read first and the query
+    after it, in one pipeline: one round trip, and the query's snapshot includes at least that position."""
+    if not lsn:
+        return send(conn)(), 0
+    with conn.pipeline():
+        position = conn.execute(CURRENT_LSN)
+        finish = send(conn)
+    row = position.fetchone()
+    return finish(), int(row[0]) if row and row[0] is not None else 0
 
 
 def _check_consistency(consistency: str) -> None:
@@ -514,13 +557,13 @@ class AuditDatabase:
     # -- the primary, behind its breaker -------------------------------------------------------------------------
 
     @contextmanager
-    def _primary(self, operation: str) -> Iterator[psycopg.Connection[Any]]:
+    def _primary(self, operation: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """A primary connection, refused at once while the primary's breaker is open; connection failures and
-        timeouts count against the breaker."""
+        timeouts count against the breaker. ``autocommit`` for a read (see :meth:`ConnectionManager.connection`)."""
         breaker = self.breakers.get("primary")
         breaker.check(operation=operation)
         try:
-            with self.connections.connection(operation=operation) as conn:
+            with self.connections.connection(operation=operation, autocommit=autocommit) as conn:
                 yield conn
         except BaseException as exc:
             breaker.record(exc)
@@ -649,44 +692,44 @@ class AuditDatabase:
     def _read(
         self,
         operation: str,
-        run: Callable[[psycopg.Connection[Any]], Any],
+        send: _Send,
         *,
         consistency: ConsistencyLevel,
         analytics: bool,
         min_lsn: int,
+        lsn: bool = False,
     ) -> tuple[Any, int, str]:
-        """Run ``run`` on the server the router picks; returns (result, WAL position it reflects, server name).
+        """Run ``send`` on the server the router picks; returns (result, WAL position it reflects, server name). The
+        position is read only when asked for (``lsn``: the result goes into the cache) or needed (``min_lsn``),
+        in the same round trip as the read; otherwise it is 0.
 
         A replica that fails (or has not replayed ``min_lsn`` yet) hands the read to the primary."""
         target = self.router.choose(consistency, analytics=analytics)
         if not target.is_primary:
-            found = self._read_replica(target, operation, run, min_lsn)
+            found = self._read_replica(target, operation, send, min_lsn, lsn)
             if found is not None:
                 return found
+        track = lsn and self._track_lsn
+
         def on_primary() -> tuple[Any, int, str]:
-            with self._primary(operation) as conn:
-                as_of = current_lsn(conn) if self._track_lsn else 0
-                return run(conn), as_of, "primary"
+            with self._primary(operation, autocommit=True) as conn:
+                result, as_of = _run_read(conn, send, lsn=track)
+                return result, as_of, "primary"
 
         result = self._retrying(on_primary)
         self.router.count("primary")
         return result
 
     def _read_replica(
-        self, target: RouteTarget, operation: str, run: Callable[[psycopg.Connection[Any]], Any], min_lsn: int
+        self, target: RouteTarget, operation: str, send: _Send, min_lsn: int, lsn: bool
     ) -> tuple[Any, int, str] | None:
         assert target.index is not None
         breaker = self.breakers.get(target.name)
         if not breaker.allow():
             return None
         try:
-            with self.connections.replica_connection(target.index, operation=operation) as conn:
-                as_of = current_lsn(conn)
-                if min_lsn and as_of < min_lsn:
-                    breaker.record_success()
-                    self.router.count("ryw_fallbacks")
-                    return None
-                result = run(conn)
+            with self.connections.replica_connection(target.index, operation=operation, autocommit=True) as conn:
+                result, as_of = _run_read(conn, send, lsn=lsn or bool(min_lsn))
         except AuditValidationError:
             breaker.record_success()
             raise
@@ -698,6 +741,9 @@ class AuditDatabase:
                 logger.info("read on %s failed (%s); retried on the primary", target.name, exc.message)
             return None
         breaker.record_success()
+        if min_lsn and as_of < min_lsn:  # not replayed this far yet: its answer may miss the write
+            self.router.count("ryw_fallbacks")
+            return None
         self.router.count(target.name)
         return result, as_of, target.name
 
@@ -706,7 +752,7 @@ class AuditDatabase:
         kind: str,
         query: AuditQuery,
         params: dict[str, Any],
-        run: Callable[[psycopg.Connection[Any]], Any],
+        send: _Send,
         *,
         consistency: ConsistencyLevel,
         analytics: bool,
@@ -718,7 +764,7 @@ class AuditDatabase:
         # Restored tables come and go outside the write path the cache follows: such reads always go to a server.
         cacheable = use_cache and self.cache.enabled and consistency != "strong" and not query.include_restored
         if not cacheable:
-            result, _, source = self._read(kind, run, consistency=consistency, analytics=analytics, min_lsn=min_lsn)
+            result, _, source = self._read(kind, send, consistency=consistency, analytics=analytics, min_lsn=min_lsn)
             return result, source
         scope = read_scope(query.since, query.until)
         key = self.cache.key(kind, query.filters(), params)
@@ -726,7 +772,8 @@ class AuditDatabase:
         if hit is not None:
             return hit.value, f"cache-{hit.tier}"
         seen = self.cache.generations(scope)
-        result, as_of, source = self._read(kind, run, consistency=consistency, analytics=analytics, min_lsn=min_lsn)
+        result, as_of, source = self._read(kind, send, consistency=consistency, analytics=analytics,
+                                           min_lsn=min_lsn, lsn=True)
         if as_of:
             limits = QueryCache.limits(scope, seen, as_of, from_replica=source != "primary")
             closed = query.until is not None and query.until <= dt.datetime.now(dt.UTC)
@@ -763,7 +810,7 @@ class AuditDatabase:
         limit = page_size(query, self.settings.query.max_page_size, self.settings.query.default_page_size)
         page, source = self._cached_read(
             "page", query, {"limit": limit, "cursor": query.cursor},
-            lambda conn: _query(conn, query, self.settings),
+            lambda conn: _send_query(conn, query, self.settings),
             consistency=consistency, analytics=analytics, min_lsn=min_lsn, use_cache=use_cache,
             encode=_page_to_json, decode=_page_from_json,
         )
@@ -785,7 +832,7 @@ class AuditDatabase:
         query = self.privacy.translate(_check_query(query))
         min_lsn = self._read_options(consistency, read_your_writes, after_lsn)
         value, _ = self._cached_read(
-            "count", query, {}, lambda conn: _count(conn, query),
+            "count", query, {}, lambda conn: _send_count(conn, query),
             consistency=consistency, analytics=analytics, min_lsn=min_lsn, use_cache=use_cache,
             encode=None, decode=None,
         )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import json
 import uuid
@@ -52,6 +53,13 @@ from audit_db_core.events import (
 #: The largest page any query may ask for, whatever the settings say.
 ABSOLUTE_MAX_PAGE_SIZE = 10_000
 _MAX_LIST = 100
+
+
+#: The fields of :meth:`AuditQuery.filters`, in declaration order; of them, the times and the lists.
+_FILTER_FIELDS = ("since", "until", "principal_id", "organization_id", "action", "status", "target_resource_type",
+                  "target_resource_id", "data_classification", "correlation_id", "session_id", "details_contains")
+_TIME_FIELDS = frozenset({"since", "until"})
+_LIST_FIELDS = frozenset({"action", "status", "data_classification"})
 
 
 class AuditQuery(BaseModel):
@@ -145,18 +153,37 @@ class AuditQuery(BaseModel):
     # -- shape ---------------------------------------------------------------------------------------------------
 
     def filters(self) -> dict[str, Any]:
-        """The filters only (no limit, no cursor), JSON-ready: what a cursor and a cache key are bound to."""
+        """The filters only (no limit, no cursor), JSON-ready: what a cursor and a cache key are bound to.
+
+        What ``model_dump(mode="json", exclude={"limit", "cursor"}, exclude_none=True)`` gives, with times as UTC
+        ``…Z`` text, built field by field (every page with a next page and every cache key needs it: pydantic's
+        serializer costs several times more)."""
+        data: dict[str, Any] = {}
+        values = self.__dict__
+        for name in _FILTER_FIELDS:
+            value = values[name]
+            if value is None:
+                continue
+            if name in _TIME_FIELDS:
+                data[name] = format_time(value)
+            elif name in _LIST_FIELDS:
+                data[name] = [_plain(v) for v in value]
+            elif name == "details_contains":  # any JSON value: pydantic's own JSON form, as model_dump gives it
+                data[name] = self.model_dump(mode="json", include={name})[name]
+            else:
+                data[name] = value
         # include_restored only when set: the default query keeps the cursors and cache keys it always had
-        exclude = {"limit", "cursor"} if self.include_restored else {"limit", "cursor", "include_restored"}
-        data = self.model_dump(mode="json", exclude=exclude, exclude_none=True)
-        if self.since is not None:
-            data["since"] = format_time(self.since)
-        if self.until is not None:
-            data["until"] = format_time(self.until)
+        if self.include_restored:
+            data["include_restored"] = True
         return data
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(canonical_json(self.filters()).encode()).hexdigest()
+        """SHA-256 of the canonical JSON of :meth:`filters` (hex)."""
+        data = self.filters()
+        # Without details_contains every value is text or a list of text (validated as storable): canonical_json's
+        # fast path, with an encoder made once.
+        text = canonical_json(data) if self.details_contains is not None else _sorted_json(data)
+        return hashlib.sha256(text.encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -180,7 +207,11 @@ class QueryPage:
 
 def encode_cursor(query: AuditQuery, last: StoredAuditEvent) -> str:
     payload = {"t": format_time(last.event_time), "i": str(last.event_id), "f": query.fingerprint()[:16]}
-    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(_compact_json(payload).encode()).decode().rstrip("=")
+
+
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(…, separators=…) without a new encoder
+_sorted_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
 
 
 def decode_cursor(query: AuditQuery) -> tuple[dt.datetime, uuid.UUID] | None:
@@ -222,48 +253,70 @@ def page_size(query: AuditQuery, max_page_size: int, default_page_size: int = 10
     return query.limit
 
 
-def where_clause(query: AuditQuery, *, with_cursor: bool) -> tuple[sql.Composable, list[Any]]:
-    """``WHERE …`` (or nothing) and its parameters. Only fixed SQL fragments and identifiers enter the text."""
-    conds: list[sql.Composable] = []
+#: The equality filters and the "any of" filters, in the order their conditions appear in the SQL.
+_EQ_COLUMNS = ("principal_id", "organization_id", "target_resource_type", "target_resource_id", "correlation_id",
+               "session_id")
+_ANY_COLUMNS = ("action", "status", "data_classification")
+#: A condition of the WHERE clause by its operator: the SQL around the column identifier (``{}``).
+_CONDITIONS = {">=": "{} >= %s", "<": "{} < %s", "=": "{} = %s", "any": "{} = ANY(%s)", "@>": "{} @> %s"}
+#: The shape of a query: (column, operator) of each condition, in order; ``None`` for the keyset cursor condition.
+Shape = tuple[tuple[str, str] | None, ...]
+
+
+def query_shape(query: AuditQuery, *, with_cursor: bool) -> tuple[Shape, list[Any]]:
+    """Which conditions ``query`` has (its *shape*: the SQL text depends on nothing else) and their parameters."""
+    shape: list[tuple[str, str] | None] = []
     params: list[Any] = []
-
-    def eq(column: str, value: Any) -> None:
-        conds.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-        params.append(value)
-
-    def any_of(column: str, values: tuple[Any, ...]) -> None:
-        if len(values) == 1:
-            eq(column, _plain(values[0]))
-        else:
-            conds.append(sql.SQL("{} = ANY(%s)").format(sql.Identifier(column)))
-            params.append([_plain(v) for v in values])
-
     if query.since is not None:
-        conds.append(sql.SQL("{} >= %s").format(sql.Identifier("event_time")))
+        shape.append(("event_time", ">="))
         params.append(query.since)
     if query.until is not None:
-        conds.append(sql.SQL("{} < %s").format(sql.Identifier("event_time")))
+        shape.append(("event_time", "<"))
         params.append(query.until)
-    for column in ("principal_id", "organization_id", "target_resource_type", "target_resource_id",
-                   "correlation_id", "session_id"):
+    for column in _EQ_COLUMNS:
         value = getattr(query, column)
         if value is not None:
-            eq(column, value)
-    for column in ("action", "status", "data_classification"):
+            shape.append((column, "="))
+            params.append(value)
+    for column in _ANY_COLUMNS:
         values = getattr(query, column)
         if values is not None:
-            any_of(column, values)
+            if len(values) == 1:
+                shape.append((column, "="))
+                params.append(_plain(values[0]))
+            else:
+                shape.append((column, "any"))
+                params.append([_plain(v) for v in values])
     if query.details_contains is not None:
-        conds.append(sql.SQL("{} @> %s").format(sql.Identifier("details")))
+        shape.append(("details", "@>"))
         params.append(Jsonb(query.details_contains))
     if with_cursor:
         position = decode_cursor(query)
         if position is not None:
-            conds.append(sql.SQL("({}, {}) < (%s, %s)").format(sql.Identifier("event_time"), sql.Identifier("event_id")))
+            shape.append(None)
             params.extend(position)
+    return tuple(shape), params
+
+
+@functools.lru_cache(maxsize=512)
+def _where(shape: Shape) -> sql.Composable:
+    conds: list[sql.Composable] = []
+    for cond in shape:
+        if cond is None:
+            conds.append(sql.SQL("({}, {}) < (%s, %s)").format(sql.Identifier("event_time"),
+                                                              sql.Identifier("event_id")))
+        else:
+            column, op = cond
+            conds.append(sql.SQL(_CONDITIONS[op]).format(sql.Identifier(column)))
     if not conds:
-        return sql.SQL(""), params
-    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds), params
+        return sql.SQL("")
+    return sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conds)
+
+
+def where_clause(query: AuditQuery, *, with_cursor: bool) -> tuple[sql.Composable, list[Any]]:
+    """``WHERE …`` (or nothing) and its parameters. Only fixed SQL fragments and identifiers enter the text."""
+    shape, params = query_shape(query, with_cursor=with_cursor)
+    return _where(shape), params
 
 
 # The restored tables a query with include_restored reads: for each month that left the log (purged, or detached
@@ -312,18 +365,51 @@ def _source(restored: Sequence[str]) -> sql.Composable:
 def select_statement(query: AuditQuery, limit: int, restored: Sequence[str] = ()) -> tuple[sql.Composed, list[Any]]:
     """The page query for ``limit`` rows (see :func:`page_size`); one more row is fetched to know whether a next
     page exists. ``restored``: tables from :func:`restored_tables` read along with the log."""
-    where, params = where_clause(query, with_cursor=True)
-    stmt = (
-        sql.SQL("SELECT {} FROM {}").format(_SELECT_COLUMNS, _source(restored))
-        + where
-        + sql.SQL(" ORDER BY {} DESC, {} DESC LIMIT %s").format(sql.Identifier("event_time"), sql.Identifier("event_id"))
-    )
-    return stmt, [*params, limit + 1]
+    shape, params = query_shape(query, with_cursor=True)
+    return _select(shape, tuple(restored)), [*params, limit + 1]
 
 
 def count_statement(query: AuditQuery, restored: Sequence[str] = ()) -> tuple[sql.Composed, list[Any]]:
-    where, params = where_clause(query, with_cursor=False)
-    return sql.SQL("SELECT count(*) FROM {}").format(_source(restored)) + where, params
+    shape, params = query_shape(query, with_cursor=False)
+    return _count(shape, tuple(restored)), params
+
+
+def page_query(query: AuditQuery, limit: int, restored: Sequence[str] = ()) -> tuple[bytes | sql.Composed, list[Any]]:
+    """:func:`select_statement` as the bytes sent to the server, composed once per query shape (the text depends
+    only on which filters are set) and then taken from a cache: only the parameters are built per call. With
+    restored tables (rare, and their names vary) the statement itself."""
+    shape, params = query_shape(query, with_cursor=True)
+    params.append(limit + 1)
+    return (_select(shape, tuple(restored)) if restored else _select_text(shape)), params
+
+
+def count_query(query: AuditQuery, restored: Sequence[str] = ()) -> tuple[bytes | sql.Composed, list[Any]]:
+    """:func:`count_statement` as bytes, composed once per query shape (see :func:`page_query`)."""
+    shape, params = query_shape(query, with_cursor=False)
+    return (_count(shape, tuple(restored)) if restored else _count_text(shape)), params
+
+
+@functools.lru_cache(maxsize=512)
+def _select(shape: Shape, restored: tuple[str, ...]) -> sql.Composed:
+    return (sql.SQL("SELECT {} FROM {}").format(_SELECT_COLUMNS, _source(restored)) + _where(shape)
+            + sql.SQL(" ORDER BY {} DESC, {} DESC LIMIT %s").format(sql.Identifier("event_time"),
+                                                                    sql.Identifier("event_id")))
+
+
+@functools.lru_cache(maxsize=512)
+def _count(shape: Shape, restored: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM {}").format(_source(restored)) + _where(shape)
+
+
+# ASCII only (fixed fragments and the library's identifiers): the same bytes in every client encoding.
+@functools.lru_cache(maxsize=512)
+def _select_text(shape: Shape) -> bytes:
+    return _select(shape, ()).as_bytes(None)
+
+
+@functools.lru_cache(maxsize=512)
+def _count_text(shape: Shape) -> bytes:
+    return _count(shape, ()).as_bytes(None)
 
 
 def _plain(value: Any) -> Any:

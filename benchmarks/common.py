@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import datetime as dt
 import json
 import logging
 import os
+import platform
 import shutil
 import signal
 import sys
@@ -199,6 +201,37 @@ def server_facts(url: str, settings: Sequence[str], *, application_name: str) ->
             "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)", (list(settings),)
         ).fetchall())
     return {"server_version": version, "server_settings": values}
+
+
+def read_environment(servers: ReadServers, settings: Sequence[str], *, application_name: str) -> dict[str, Any]:
+    """What the read-path benchmarks record of the machine and the servers with their figures (``settings``: the
+    ``pg_settings`` their figures depend on)."""
+    from benchmarks.cache import redis_version
+
+    return {
+        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "python_version": platform.python_version(),
+        "python_implementation": platform.python_implementation(),
+        "psycopg_version": psycopg.__version__,
+        "psycopg_impl": psycopg.pq.__impl__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "server": servers.description,
+        **server_facts(servers.database_url, settings, application_name=application_name),
+        "replicas": len(servers.replica_urls),
+        "redis_server_version": redis_version(servers.redis_url),
+    }
+
+
+def report_header(title: str, env: dict[str, Any]) -> list[str]:
+    """The first lines of a read-path benchmark's table: when, on what, and how busy the machine was."""
+    return [
+        f"{title}  {env['date_utc']}  PostgreSQL {env['server_version']}  Redis {env['redis_server_version'] or '-'}"
+        f"  Python {env['python_version']}  psycopg {env['psycopg_version']} ({env['psycopg_impl']})"
+        f"  cpus {env['cpu_count']}",
+        f"server: {env['server']}",
+        f"load average (1/5/15 min) before {env['load_average_before']}, after {env['load_average_after']}",
+    ]
 
 
 @contextlib.contextmanager

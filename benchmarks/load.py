@@ -56,7 +56,6 @@ import datetime as dt
 import itertools
 import math
 import os
-import platform
 import random
 import resource
 import secrets
@@ -70,13 +69,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `benchmarks` importable
 
 from benchmarks import common  # noqa: E402
-from benchmarks.cache import drop_redis_keys, redis_version  # noqa: E402
+from benchmarks.cache import drop_redis_keys  # noqa: E402
 from benchmarks.common import positive_int  # noqa: E402
 from benchmarks.read_data import (  # noqa: E402
     ACTIONS, ORGANIZATIONS, CheckFailed, count_rows, organization, principal, read_database,
@@ -462,30 +460,15 @@ def load_average() -> list[float]:
 
 
 def environment(servers: common.ReadServers) -> dict[str, Any]:
-    return {
-        "date_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "python_version": platform.python_version(),
-        "python_implementation": platform.python_implementation(),
-        "psycopg_version": psycopg.__version__,
-        "psycopg_impl": psycopg.pq.__impl__,
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
-        "gil_switch_interval_seconds": sys.getswitchinterval(),
-        "server": servers.description,
-        **common.server_facts(servers.database_url, _SERVER_SETTINGS, application_name=APPLICATION_NAME),
-        "replicas": len(servers.replica_urls),
-        "redis_server_version": redis_version(servers.redis_url),
-    }
+    return {**common.read_environment(servers, _SERVER_SETTINGS, application_name=APPLICATION_NAME),
+            "gil_switch_interval_seconds": sys.getswitchinterval()}
 
 
 def format_table(report: dict[str, Any]) -> str:
     env, par, ph = report["environment"], report["parameters"], report["phases"]
     wl = report["workload"]
     lines = [
-        f"load benchmark  {env['date_utc']}  PostgreSQL {env['server_version']}  Redis "
-        f"{env['redis_server_version'] or '-'}  Python {env['python_version']}  cpus {env['cpu_count']}",
-        f"server: {env['server']}",
-        f"load average (1/5/15 min) before {env['load_average_before']}, after {env['load_average_after']}",
+        *common.report_header("load benchmark", env),
         f"{par['clients']} clients (threads), one AuditDatabase, pools of {par['pool_size']}; "
         f"{par['write_share']:.0%} writes ({par['insert_many_share']:.0%} of them insert_many of 2-{par['max_batch']}),"
         f" reads: {wl['shapes']} shapes, Zipf s={par['zipf']} ({wl['today_share_of_reads']:.1%} of reads over today);"
