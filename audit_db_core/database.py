@@ -28,6 +28,8 @@ from psycopg import sql
 
 from audit_db_core.breakers import BreakerRegistry, ErrorPolicy, GuardedConnections, RetryPolicy, counts_as_failure
 from audit_db_core.cache import QueryCache, range_scopes, read_scope, write_scopes
+from audit_db_core.cache_codec import page_from_json as _page_from_json
+from audit_db_core.cache_codec import page_to_json as _page_to_json
 from audit_db_core.config import AuditSettings, ConsistencyLevel
 from audit_db_core.connections import CURRENT_LSN, ConnectionManager, current_lsn, format_lsn, parse_lsn
 from audit_db_core.deployment import read_deployment_id
@@ -338,37 +340,6 @@ def _operation(name: str) -> Any:
         return inner
 
     return wrap
-
-
-# -- cached pages as JSON (L2 holds JSON, never pickles) ----------------------------------------------------------------
-
-
-def _page_to_json(page: QueryPage) -> dict[str, Any]:
-    rows = []
-    for ev in page.events:
-        row = {c: getattr(ev, c) for c in EVENT_COLUMNS}
-        row["event_id"] = str(ev.event_id)
-        row["event_time"] = ev.event_time.isoformat()
-        row["status"] = ev.status.value if isinstance(ev.status, EventStatus) else ev.status
-        row["data_classification"] = (ev.data_classification.value
-                                      if isinstance(ev.data_classification, DataClassification)
-                                      else ev.data_classification)
-        row["content_hash"] = ev.stored_content_hash.hex() if ev.stored_content_hash is not None else None
-        row["ingested_at"] = ev.ingested_at.isoformat() if ev.ingested_at is not None else None
-        rows.append(row)
-    return {"rows": rows, "next": page.next_cursor, "limit": page.limit}
-
-
-def _page_from_json(doc: dict[str, Any]) -> QueryPage:
-    events = []
-    for row in doc["rows"]:
-        row = dict(row)
-        row["event_id"] = uuid.UUID(row["event_id"])
-        row["event_time"] = dt.datetime.fromisoformat(row["event_time"])
-        row["content_hash"] = bytes.fromhex(row["content_hash"]) if row["content_hash"] else None
-        row["ingested_at"] = dt.datetime.fromisoformat(row["ingested_at"]) if row["ingested_at"] else None
-        events.append(StoredAuditEvent.from_row(row))
-    return QueryPage(events=events, next_cursor=doc["next"], limit=doc["limit"])
 
 
 def _served(page: QueryPage, source: str) -> QueryPage:

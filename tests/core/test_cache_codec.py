@@ -1,0 +1,249 @@
+"""What the cache keeps in Redis, decoded: pages come back from L2 equal to the database's (types, times, hashes,
+details, cursor), values of another format or that do not decode are misses, and the L1 LRU keeps its bounds
+under threads."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import threading
+import time
+import uuid
+import zlib
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings
+from audit_db_core.cache import CacheSeal, LRUCache
+from audit_db_core.cache_codec import VERSION, decode_value, encode_value, page_from_json, page_to_json
+from audit_db_core.cache_lru import SIZE
+from audit_db_core.cache_seal import Refused
+from audit_db_core.events import DataClassification, EventStatus, StoredAuditEvent
+from audit_db_core.query import QueryPage
+from tests.conftest import TEST_CACHE_KEY
+from tests.conftest import TestServers as Servers
+
+UTC = dt.UTC
+DAY = dt.datetime(2026, 11, 10, tzinfo=UTC)
+DETAILS = [
+    {"ward": "icu", "fields": ["allergies", "medication"]},
+    {"dose_mg": 2.5, "ratio": 0.1, "tiny": 5e-324, "big": 10**30, "negative": -17, "nested": {"a": [1, None, True]}},
+    {"note": "é ü 漢字 \u2028 \"quoted\" \\ back", "empty": {}, "list": []},
+    {},
+]
+
+
+@pytest.fixture
+def settings(fresh_database: str, servers: Servers) -> AuditSettings:
+    if not servers.redis_url:
+        pytest.skip("no Redis given for this server (AUDIT_TEST_REDIS_URL)")
+    return AuditSettings(database_url=fresh_database, redis_url=servers.redis_url, cache={"key": TEST_CACHE_KEY})
+
+
+@pytest.fixture
+def client(settings: AuditSettings) -> Iterator[redis.Redis]:
+    assert settings.redis_url is not None
+    r = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def q(limit: int = 100, cursor: str | None = None) -> AuditQuery:
+    return AuditQuery(principal_id="dr.grey", since=DAY, until=DAY + dt.timedelta(days=2), limit=limit, cursor=cursor)
+
+
+def events(n: int) -> list[AuditEvent]:
+    return [AuditEvent(action="patient.record.read", status=("success", "failure", "attempt")[i % 3],
+                       principal_id="dr.grey", event_time=DAY + dt.timedelta(minutes=7 * i, microseconds=i),
+                       data_classification=("PHI", "INTERNAL", "PUBLIC", "CONFIDENTIAL")[i % 4],
+                       organization_id="org-1" if i % 2 else None, target_resource_type="Patient",
+                       target_resource_id=f"p-{i}", outcome_description=None if i % 3 else "ok",
+                       correlation_id=f"c-{i}", session_id="s-1", source="ehr", processing_latency_ms=i or None,
+                       details=DETAILS[i % len(DETAILS)]) for i in range(n)]
+
+
+def redis_key(db: AuditDatabase, query: AuditQuery) -> str:
+    key = db.cache.redis_key(db.cache.key("page", query.filters(), {"limit": query.limit, "cursor": query.cursor}))
+    assert key is not None
+    return key
+
+
+def assert_same_page(got: QueryPage, want: QueryPage) -> None:
+    assert got.next_cursor == want.next_cursor and got.limit == want.limit
+    assert [e.model_dump() for e in got.events] == [e.model_dump() for e in want.events]
+    for mine, theirs in zip(got.events, want.events, strict=True):
+        assert type(mine) is StoredAuditEvent
+        assert mine.hash_matches and mine.content_hash == theirs.content_hash
+        assert mine.stored_content_hash == theirs.stored_content_hash and isinstance(mine.stored_content_hash, bytes)
+        assert mine.event_time.tzinfo is UTC and mine.event_time == theirs.event_time
+        assert mine.ingested_at is not None and mine.ingested_at.utcoffset() is not None
+        assert mine.ingested_at == theirs.ingested_at
+        assert type(mine.status) is EventStatus and type(mine.data_classification) is DataClassification
+        assert type(mine.event_id) is uuid.UUID and mine.details == theirs.details
+        assert mine.canonical_bytes() == theirs.canonical_bytes()
+
+
+def test_an_l2_page_is_the_database_page(settings: AuditSettings) -> None:
+    with AuditDatabase(settings) as db:
+        db.insert_many(events(120))
+        first = db.query(q(), consistency="eventual")
+        assert first.extra["source"] == "primary" and len(first) == 100 and first.next_cursor is not None
+        second = db.query(q(cursor=first.next_cursor), consistency="eventual")
+        truth = [db.query(q(), consistency="strong"), db.query(q(cursor=first.next_cursor), consistency="strong")]
+    with AuditDatabase(settings) as other:  # a cold L1: both pages come from Redis
+        pages = [other.query(q(), consistency="eventual"), other.query(q(cursor=first.next_cursor),
+                                                                       consistency="eventual")]
+        assert [p.extra["source"] for p in pages] == ["cache-l2", "cache-l2"]
+        for got, want in zip(pages, truth, strict=True):
+            assert_same_page(got, want)
+        assert len(second) == 20 and pages[1].next_cursor is None
+        # The cursor of a page from L2 leads on as the database's does.
+        after = other.query(q(cursor=pages[0].next_cursor), consistency="strong")
+        assert [e.model_dump() for e in after.events] == [e.model_dump() for e in truth[1].events]
+        assert other.cache.stats()["l2_rejected"] == 0
+
+
+def test_the_page_codec_round_trips_as_text_and_as_builtins(settings: AuditSettings) -> None:
+    with AuditDatabase(settings) as db:
+        db.insert_many(events(8))
+        page = db.query(q(), consistency="strong")
+    page.extra["note"] = "kept"
+    from_bytes = page_from_json.from_json_bytes(page_to_json.json_bytes(page))
+    from_builtins = page_from_json(json.loads(json.dumps(page_to_json(page))))  # any ResultCache's JSON
+    for got in (from_bytes, from_builtins):
+        assert_same_page(got, page)
+        assert got.extra == {"source": "primary", "note": "kept"}
+
+
+def test_counts_and_small_values_are_stored_uncompressed_and_read_back(settings: AuditSettings,
+                                                                       client: redis.Redis) -> None:
+    with AuditDatabase(settings) as db:
+        db.insert_many(events(3))
+        assert db.count(q(), consistency="eventual") == 3
+        key = db.cache.redis_key(db.cache.key("count", q().filters(), {}))
+        assert key is not None
+    blob = client.get(key)
+    assert blob is not None
+    plaintext, _, _ = CacheSeal(settings.cache.key_bytes).unseal(key, blob)  # type: ignore[arg-type]
+    doc = json.loads(plaintext)  # small: plain JSON, not worth compressing
+    assert doc["v"] == VERSION and doc["s"] == ["d2026-11-10", "d2026-11-11"] and doc["p"] == 3
+    with AuditDatabase(settings) as other:
+        assert other.count(q(), consistency="eventual") == 3
+        assert other.cache.stats()["l2_hits"] == 1
+
+
+def seal_at(settings: AuditSettings, key: str, plaintext: bytes) -> bytes:
+    return CacheSeal(settings.cache.key_bytes).seal(  # type: ignore[arg-type]
+        key, plaintext, created_ms=int(time.time() * 1000), ttl_ms=60_000)
+
+
+def cold_read(settings: AuditSettings) -> tuple[str, dict]:
+    with AuditDatabase(settings) as db:
+        page = db.query(q(), consistency="eventual")
+        assert len(page) == 2
+        return page.extra["source"], db.cache.stats()
+
+
+def test_a_value_of_the_previous_format_is_a_plain_miss(settings: AuditSettings, client: redis.Redis) -> None:
+    """Format 2 (stdlib JSON, hex hashes, no version), sealed with the right key and put where format 3 is looked
+    up: not used, not an error, and not taken for an attack."""
+    with AuditDatabase(settings) as db:
+        db.insert_many(events(2))
+        page = db.query(q(), consistency="eventual")
+        key = redis_key(db, q())
+        scope = ["d2026-11-10", "d2026-11-11"]
+    rows = [{**e.canonical_dict(), "content_hash": e.content_hash.hex(), "ingested_at": None} for e in page.events]
+    old = zlib.compress(json.dumps({"s": scope, "l": [2**62, 2**62], "p": {"rows": rows, "next": None,
+                                                                            "limit": 100}}).encode())
+    client.set(key, seal_at(settings, key, old), px=60_000)
+    source, stats = cold_read(settings)
+    assert source == "primary" and stats["l2_hits"] == 0 and stats["l2_rejected"] == 0
+    # Another version's value, even with the envelope of this one: a plain miss too.
+    other_version, _ = encode_value(scope, [2**62, 2**62], page_to_json.json_bytes(page))
+    other_version = zlib.compress(zlib.decompress(other_version).replace(b'"v":%d' % VERSION, b'"v":%d' % (VERSION + 1)))
+    client.set(key, seal_at(settings, key, other_version), px=60_000)
+    source, stats = cold_read(settings)
+    assert source == "primary" and stats["l2_hits"] == 0 and stats["l2_rejected"] == 0
+
+
+@pytest.mark.parametrize("payload", [
+    b'{"rows":[{"event_id":"not a uuid"}],"next":null,"limit":100}',
+    b'{"rows":"none","next":null,"limit":100}',
+    b'[1,2,3]',
+], ids=["bad-row", "bad-rows", "not-a-page"])
+def test_an_authentic_value_that_does_not_decode_is_a_counted_miss(settings: AuditSettings, client: redis.Redis,
+                                                                    payload: bytes) -> None:
+    with AuditDatabase(settings) as db:
+        db.insert_many(events(2))
+        db.query(q(), consistency="eventual")
+        key = redis_key(db, q())
+    plaintext, _ = encode_value(["d2026-11-10", "d2026-11-11"], [2**62, 2**62], payload)
+    client.set(key, seal_at(settings, key, plaintext), px=60_000)
+    source, stats = cold_read(settings)
+    assert source == "primary" and stats["l2_hits"] == 0 and stats["l2_rejected"] == 1
+
+
+def test_an_envelope_for_another_scope_or_not_json_is_refused() -> None:
+    plaintext, _ = encode_value(["d1", "d2"], [5, 6], b"7")
+    assert decode_value(plaintext, 1 << 20, ("d1", "d2"))[0] == (5, 6)
+    for scope in (("d1",), ("d2", "d1"), ("d1", "d3")):
+        with pytest.raises(Refused, match="scope"):
+            decode_value(plaintext, 1 << 20, scope)
+    for garbage in (b"{not json", b'{"v":3,"s":"d1","l":[1],"p":1}', b"\x78garbage"):
+        with pytest.raises(Refused) as refused:
+            decode_value(garbage, 1 << 20, ("d1",))
+        assert refused.value.suspicious
+    big, _ = encode_value(["d1"], [1], b'"' + b"x" * 5000 + b'"')
+    assert big[:1] == b"\x78"  # compressed above COMPRESS_MIN_BYTES
+    with pytest.raises(Refused, match="AUDIT_CACHE__MAX_VALUE_BYTES"):
+        decode_value(big, 1000, ("d1",))
+
+
+# -- the L1 LRU under threads ---------------------------------------------------------------------------------------
+
+
+def test_the_lru_keeps_its_bounds_and_byte_count_under_threads() -> None:
+    lru = LRUCache(max_entries=50, max_bytes=3000)
+    errors: list[BaseException] = []
+    stop = time.monotonic() + 1.0
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            while time.monotonic() < stop:
+                k = f"k{rng.randrange(200)}"
+                op = rng.random()
+                if op < 0.5:
+                    value = lru.get(k)
+                    assert value is None or value == k
+                elif op < 0.9:
+                    lru.put(k, k, size=rng.randrange(1, 200), ttl=rng.choice((0.0005, 60)))
+                else:
+                    lru.pop(k)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    entries = list(lru._data.values())
+    assert len(entries) <= 50 and lru.bytes == sum(e[SIZE] for e in entries) <= 3000
+    assert lru.evictions > 0 and lru.expirations > 0
+
+
+def test_the_lru_moves_a_hit_to_the_recent_end_without_a_lock() -> None:
+    lru = LRUCache(max_entries=2, max_bytes=100)
+    lru.put("a", 1, size=1, ttl=60)
+    lru.put("b", 2, size=1, ttl=60)
+    with lru._lock:  # a hit never waits for a writer
+        assert lru.get("a") == 1 and lru.get_entry("b") is not None and lru.get("missing") is None
+    lru.put("c", 3, size=1, ttl=60)  # evicts a (b was used last)
+    assert lru.get("a") is None and lru.get("b") == 2 and lru.get("c") == 3
