@@ -278,15 +278,8 @@ class ConnectionManager:
         """
         pool = self.primary_pool
         conn = self._acquire(pool, self.settings.pool.timeout_seconds, operation, probe=self._primary_down)
-        try:
-            if autocommit:
-                conn.autocommit = True  # a client-side switch while idle: no round trip
-            with conn:
-                yield conn
-        except psycopg.Error as exc:
-            raise classify(exc, operation=operation) from exc
-        finally:
-            _return(pool, conn, autocommit)
+        with _lent(pool, conn, autocommit, operation):
+            yield conn
 
     @contextmanager
     def replica_connection(
@@ -296,15 +289,8 @@ class ConnectionManager:
         (the router then fails the read over to the primary); ``autocommit`` as for :meth:`connection`."""
         pool = self._replicas[index]
         conn = self._acquire(pool, self.settings.replicas.acquire_timeout_seconds, operation, probe=None)
-        try:
-            if autocommit:
-                conn.autocommit = True
-            with conn:
-                yield conn
-        except psycopg.Error as exc:
-            raise classify(exc, operation=operation, server=pool.name) from exc
-        finally:
-            _return(pool, conn, autocommit)
+        with _lent(pool, conn, autocommit, operation, server=pool.name):
+            yield conn
 
     def _acquire(
         self, pool: ConnectionPool, timeout: float, operation: str, *, probe: Any
@@ -591,9 +577,10 @@ def check_idle_connection(conn: psycopg.Connection[Any]) -> None:
     unless the server wrote to it — it closed it (a restart, a terminated backend, an idle timeout) or sent a
     notice — so only then is the server asked (the pool's own check, an empty query). A connection that dies between
     the check and its use fails that use: retries and breakers handle it as any other connection error."""
-    if conn.closed or conn.broken or conn.pgconn.status != psycopg.pq.ConnStatus.OK:
+    pgconn = conn.pgconn
+    if pgconn.status != _CONNECTION_OK:  # closed, or lost
         raise psycopg.OperationalError("the connection is closed")
-    if _readable(conn.pgconn.socket):
+    if _readable(pgconn.socket):
         ConnectionPool.check_connection(conn)
 
 
@@ -606,17 +593,32 @@ def _readable(fd: int) -> bool:
 
 
 _poll = getattr(select, "poll", None)
+_CONNECTION_OK = psycopg.pq.ConnStatus.OK
 
 
-def _return(pool: ConnectionPool, conn: psycopg.Connection[Any], autocommit: bool) -> None:
-    """Back to the pool, out of autocommit if it was lent so; a connection that cannot be switched back (it broke)
-    is closed, and the pool replaces it: the next borrower must get the pool's usual transactional connection."""
-    if autocommit and not conn.closed:
-        try:
-            conn.autocommit = False
-        except psycopg.Error:
-            conn.close()
-    pool.putconn(conn)
+@contextmanager
+def _lent(pool: ConnectionPool, conn: psycopg.Connection[Any], autocommit: bool, operation: str,
+          **context: Any) -> Iterator[None]:
+    """A pooled connection while it is lent: in a transaction committed on a clean exit and rolled back on an error,
+    or in autocommit (each statement its own transaction: nothing to commit or roll back); driver errors classified;
+    back to the pool at the end, out of autocommit. One that cannot be switched back (it broke) is closed and the
+    pool replaces it: the next borrower must get the pool's usual transactional connection."""
+    try:
+        if autocommit:
+            conn.autocommit = True  # a client-side switch while idle: no round trip
+            yield
+        else:
+            with conn:
+                yield
+    except psycopg.Error as exc:
+        raise classify(exc, operation=operation, **context) from exc
+    finally:
+        if autocommit and not conn.closed:
+            try:
+                conn.autocommit = False
+            except psycopg.Error:
+                conn.close()
+        pool.putconn(conn)
 
 
 def first_contact_problem(exc: BaseException) -> tuple[str, str]:

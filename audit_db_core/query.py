@@ -180,9 +180,7 @@ class AuditQuery(BaseModel):
     def fingerprint(self) -> str:
         """SHA-256 of the canonical JSON of :meth:`filters` (hex)."""
         data = self.filters()
-        # Without details_contains every value is text or a list of text (validated as storable): canonical_json's
-        # fast path, with an encoder made once.
-        text = canonical_json(data) if self.details_contains is not None else _sorted_json(data)
+        text = canonical_json(data) if self.details_contains is not None else _canonical_filters(data)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -206,12 +204,28 @@ class QueryPage:
 
 
 def encode_cursor(query: AuditQuery, last: StoredAuditEvent) -> str:
-    payload = {"t": format_time(last.event_time), "i": str(last.event_id), "f": query.fingerprint()[:16]}
-    return base64.urlsafe_b64encode(_compact_json(payload).encode()).decode().rstrip("=")
+    # {"t":…,"i":…,"f":…} as json.dumps(…, separators=(",", ":")) writes it: the three values need no escaping
+    payload = f'{{"t":"{format_time(last.event_time)}","i":"{last.event_id}","f":"{query.fingerprint()[:16]}"}}'
+    return base64.urlsafe_b64encode(payload.encode()).decode().rstrip("=")
 
 
-_compact_json = json.JSONEncoder(separators=(",", ":")).encode  # json.dumps(…, separators=…) without a new encoder
-_sorted_json = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_escape = json.encoder.encode_basestring  # C: json.dumps(text, ensure_ascii=False) for one string
+
+
+def _canonical_filters(data: dict[str, Any]) -> str:
+    """``canonical_json(data)`` for filters without ``details_contains``: every value is text (validated as
+    storable), a list of text, or ``True`` (``include_restored``), and every key a plain name — so the sorted-key
+    JSON is spelled out here rather than by an encoder made per call."""
+    parts = []
+    for key in sorted(data):
+        value = data[key]
+        if value is True:
+            parts.append(f'"{key}":true')
+        elif isinstance(value, list):
+            parts.append(f'"{key}":[{",".join(map(_escape, value))}]')
+        else:
+            parts.append(f'"{key}":{_escape(value)}')
+    return "{" + ",".join(parts) + "}"
 
 
 def decode_cursor(query: AuditQuery) -> tuple[dt.datetime, uuid.UUID] | None:

@@ -52,6 +52,10 @@ class RouteTarget:
         return self.index is None
 
 
+_STRONG = RouteTarget(PRIMARY, reason="strong")
+_NO_REPLICAS = RouteTarget(PRIMARY, reason="no replicas")
+
+
 @dataclass
 class _ReplicaView:
     status: ReplicaStatus | None = None
@@ -167,7 +171,7 @@ class ReplicaRouter:
     def choose(self, consistency: ConsistencyLevel = "strong", *, analytics: bool = False) -> RouteTarget:
         """The server for one read at ``consistency`` (the primary when no replica qualifies)."""
         if consistency == "strong" or not self._views:
-            return RouteTarget(PRIMARY, reason="strong" if consistency == "strong" else "no replicas")
+            return _STRONG if consistency == "strong" else _NO_REPLICAS
         candidates: list[int] = []
         if analytics and self.analytics is not None:
             candidates = self._candidates(consistency, analytics=True)
