@@ -27,6 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from audit_db_core import telemetry
 from audit_db_core.breakers import BreakerRegistry, ErrorPolicy, GuardedConnections, RetryPolicy, counts_as_failure
 from audit_db_core.cache import QueryCache, range_scopes, read_scope, write_scopes
 from audit_db_core.config import AuditSettings, ConsistencyLevel
@@ -379,9 +380,11 @@ class AuditDatabase:
         self.connections.open()
         self.cache.open()
         self.router.start()
+        telemetry.register(self)  # its pools, breakers, replicas, cache, health: observable instruments
         return self
 
     def close(self) -> None:
+        telemetry.unregister(self)
         self.router.stop()
         self.cache.close()
         self.connections.close()
