@@ -169,6 +169,17 @@ INSTRUMENTS: tuple[Instrument, ...] = (
 )
 INSTRUMENT_NAMES = frozenset(i.name for i in INSTRUMENTS)
 
+
+def prometheus_name(spec: Instrument) -> str:
+    """The name Prometheus shows for ``spec`` through the OpenTelemetry Prometheus exporter: dots become
+    underscores, the unit ``s`` / ``By`` adds ``_seconds`` / ``_bytes``, a counter ends in ``_total`` (a histogram
+    has ``_bucket``, ``_count`` and ``_sum`` series)."""
+    name = spec.name.replace(".", "_")
+    suffix = {"s": "seconds", "By": "bytes"}.get(spec.unit)
+    if suffix and not name.endswith("_" + suffix):
+        name += "_" + suffix
+    return name + "_total" if spec.kind in ("counter", "observable_counter") else name
+
 #: Span attributes the library sets (all fixed vocabularies or counts).
 SPAN_ATTRIBUTES = frozenset({
     "db.system.name", "db.operation.name", "db.collection.name", "error.type", "audit.lifecycle.operation",
@@ -476,6 +487,18 @@ class _Registered:
         self.refreshing = False
         self.health: Any = None  # the last HealthReport
         self.by_state: dict[str, int] | None = None
+        self.identity_tried_at = float("-inf")
+
+    def label(self, db: TelemetrySource) -> str:
+        """The deployment id: read once (one query on the primary, tried again at most every 10 s while it fails:
+        not migrated yet, primary down), ``unknown`` until then."""
+        if self.deployment == "unknown" and time.monotonic() - self.identity_tried_at >= 10:
+            self.identity_tried_at = time.monotonic()
+            try:
+                self.deployment = str(db.deployment_id)
+            except Exception as exc:
+                logger.debug("telemetry: deployment id not readable: %s", error_type(exc))
+        return self.deployment
 
     def maybe_refresh(self) -> None:
         """Start a background refresh when the last one is older than the interval (never blocks a collection)."""
@@ -492,10 +515,8 @@ class _Registered:
             db = self.ref()
             if db is None:
                 return
-            try:
-                self.deployment = str(db.deployment_id)
-            except Exception as exc:  # not migrated yet, primary down: the next refresh tries again
-                logger.debug("telemetry: deployment id not readable: %s", error_type(exc))
+            self.identity_tried_at = float("-inf")
+            self.label(db)
             try:
                 note_health(db, db.health())
             except Exception as exc:
@@ -561,7 +582,7 @@ def _observe(name: str, generation: int, options: CallbackOptions) -> Iterable[O
     out: list[Observation] = []
     for entry, db in _live():
         try:
-            out.extend(_OBSERVERS[name](entry, db, {_DEP: entry.deployment}))
+            out.extend(_OBSERVERS[name](entry, db, {_DEP: entry.label(db)}))
         except Exception as exc:  # a collection must never fail for one database
             logger.debug("telemetry: %s not observed: %s", name, error_type(exc))
     return out
