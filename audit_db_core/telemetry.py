@@ -133,8 +133,9 @@ INSTRUMENTS: tuple[Instrument, ...] = (
                "WAL a replica has still to replay, in bytes, as the router last measured it"),
     Instrument("audit.replica.in_rotation", "gauge", "{replica}", ("audit.replica", _DEP),
                "1 while a replica takes reads (reachable, a standby, within the lag bounds, breaker not open)"),
-    Instrument("audit.replica.reads", "observable_counter", "{read}", ("audit.query.source", _DEP),
-               "Reads each server took (primary, replica-<i>) and the fallbacks (failovers, ryw_fallbacks)"),
+    Instrument("audit.replica.reads", "observable_counter", "{read}", ("audit.read.target", _DEP),
+               "Reads each server took (primary, replica-0, …) and the reads that fell back to the primary "
+               "(failovers: a replica failed; ryw_fallbacks: it had not replayed the caller's write yet)"),
     Instrument("audit.cache.hits", "observable_counter", "{lookup}", ("audit.cache.tier", _DEP),
                "Query cache hits, per tier (l1, l2)"),
     Instrument("audit.cache.misses", "observable_counter", "{lookup}", ("audit.cache.tier", _DEP),
@@ -628,7 +629,7 @@ def _replica_field(field: str, *, flag: bool = False) -> Any:
 
 def _replica_reads(entry: _Registered, db: TelemetrySource, dep: dict[str, Any]) -> Iterator[Observation]:
     for target, n in db.router.snapshot()["reads"].items():
-        yield Observation(n, {"audit.query.source": target, **dep})
+        yield Observation(n, {"audit.read.target": target, **dep})
 
 
 def _cache_field(*pairs: tuple[str, str | None]) -> Any:
