@@ -279,12 +279,12 @@ def _t() -> trace.Tracer:
 
 
 @functools.cache
-def _version() -> str | None:
-    """The instrumentation scope's version: this package's."""
+def _version() -> str:
+    """The instrumentation scope's version: this package's ("" when it is not installed)."""
     try:
         return importlib.metadata.version("audit-platform")
     except importlib.metadata.PackageNotFoundError:
-        return None
+        return ""
 
 
 # -- recording (cheap: attribute sets are built once and reused) ---------------------------------------------------

@@ -222,9 +222,9 @@ def _start_metrics(run: _DevRun, args: argparse.Namespace) -> None:
     port = port_from(args)
     if port is None:
         return
-    run.metrics = serve_metrics(args.host, port)
     run.metrics_db = command_database().open()
-    telemetry.refresh(run.metrics_db)
+    telemetry.refresh(run.metrics_db)  # before serving: the first scrape already has health and partitions
+    run.metrics = serve_metrics(args.host, port)
     print(f"  metrics: {run.metrics.url} (Prometheus text format)")
 
 

@@ -91,18 +91,20 @@ def port_from(args: argparse.Namespace) -> int | None:
 def cmd_metrics(args: argparse.Namespace) -> int:
     """Serve ``/metrics`` for the database of the ``AUDIT_*`` settings until SIGTERM / Ctrl-C."""
     port = port_from(args)
-    server = serve_metrics(args.host, DEFAULT_PORT if port is None else port)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with command_database() as db:
-            telemetry.refresh(db)  # the first scrape already has health and partitions
-            print(f"serving {server.url} (deployment {db.deployment_id}); Ctrl-C stops", flush=True)
-            stop.wait()
+            telemetry.refresh(db)  # before serving: the first scrape already has health and partitions
+            server = serve_metrics(args.host, DEFAULT_PORT if port is None else port)
+            try:
+                print(f"serving {server.url} (deployment {db.deployment_id}); Ctrl-C stops", flush=True)
+                stop.wait()
+            finally:
+                server.close()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        server.close()
     return 0
 
 

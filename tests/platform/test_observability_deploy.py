@@ -207,3 +207,54 @@ def test_prometheus_scrapes_the_endpoint_with_the_deployments_configuration(
             process.kill()
             process.wait()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- the commands ---------------------------------------------------------------------------------------------------
+
+
+def test_the_metrics_port_comes_from_the_option_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from audit_db_core.errors import ConfigurationError
+    from audit_platform.metrics import port_from
+
+    monkeypatch.delenv("AUDIT_METRICS_PORT", raising=False)
+    assert port_from(argparse.Namespace(metrics_port=None)) is None
+    assert port_from(argparse.Namespace(metrics_port=9500)) == 9500
+    monkeypatch.setenv("AUDIT_METRICS_PORT", "9464")
+    assert port_from(argparse.Namespace(metrics_port=None)) == 9464
+    monkeypatch.setenv("AUDIT_METRICS_PORT", "lots")
+    with pytest.raises(ConfigurationError, match="AUDIT_METRICS_PORT"):
+        port_from(argparse.Namespace(metrics_port=None))
+
+
+def test_audit_platform_metrics_serves_until_sigterm(fresh_database: str) -> None:
+    import os
+    import signal
+    import sys
+
+    port = _free_port()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AUDIT_")}, "AUDIT_DATABASE_URL": fresh_database}
+    process = subprocess.Popen([sys.executable, "-m", "audit_db_core.cli", "metrics", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        text = ""
+        while time.monotonic() < deadline and "audit_health_status" not in text:
+            assert process.poll() is None, process.communicate()
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+            except (urllib.error.URLError, ConnectionError):
+                time.sleep(0.2)
+        # refreshed before the first scrape: health and partitions are there at once
+        assert re.search(r'^audit_health_status\{audit_deployment="[0-9a-f-]{36}",audit_health_status="healthy"[^}]*\} 1\.0$',
+                         text, re.M), text
+        assert "audit_partitions{" in text
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, err
+    assert f"serving http://127.0.0.1:{port}/metrics" in out
