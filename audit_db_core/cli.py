@@ -149,7 +149,10 @@ def cmd_health(args: argparse.Namespace) -> int:
     except ConfigurationError:
         raise  # a setting the server refuses (exit 2); a server that does not answer is what health reports
     except AuditError as exc:
-        report: dict[str, Any] = {"status": "unhealthy", "components": {"primary": {"healthy": False, "error": str(exc)}}}
+        from audit_db_core.health import PRIMARY_DOWN
+
+        report: dict[str, Any] = {"status": "unhealthy", "components": {"primary": {
+            "healthy": False, "error": str(exc), "action": PRIMARY_DOWN}}, "recommendations": {"primary": PRIMARY_DOWN}}
     else:
         with db:
             report = db.health().to_dict()
@@ -164,6 +167,8 @@ def cmd_health(args: argparse.Namespace) -> int:
         for name, comp in report["components"].items():
             mark = "ok  " if comp["healthy"] else "FAIL" if comp.get("critical", True) else "WARN"
             print(f"  {mark} {name} {comp.get('error') or ''}".rstrip())
+            if not comp["healthy"] and comp.get("action"):
+                print(f"       fix: {comp['action']}")
     return 1 if report["status"] == "unhealthy" else 0  # degraded: the library works around it
 
 

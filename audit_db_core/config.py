@@ -400,6 +400,16 @@ class IngestSettings(_Section):
     batch_size: int = Field(default=5000, ge=1, le=1_000_000, description="events per COPY batch (one transaction)")
 
 
+class TelemetrySettings(_Section):
+    """OpenTelemetry figures that need queries (audit_db_core.telemetry)."""
+
+    inspect_interval_seconds: float = Field(
+        default=60.0, ge=1, le=86_400,
+        description="how often, at most, the health and partition figures of the observable instruments are "
+        "refreshed (in the background, and only while a metric reader collects)",
+    )
+
+
 class QuerySettings(_Section):
     default_page_size: int = Field(default=100, ge=1, le=10_000)
     max_page_size: int = Field(default=1000, ge=1, le=10_000, description="hard cap: a larger limit is an error")
@@ -652,6 +662,7 @@ class AuditSettings(BaseSettings):
     retry: RetrySettings = RetrySettings()
     ingest: IngestSettings = IngestSettings()
     query: QuerySettings = QuerySettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
     integrity: IntegritySettings = IntegritySettings()
     reports: ReportSettings = ReportSettings()
     privacy: PrivacySettings = PrivacySettings()

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, get_args
 import psycopg
 from psycopg import sql
 
+from audit_db_core import telemetry
 from audit_db_core.breakers import BreakerRegistry, ErrorPolicy, GuardedConnections, RetryPolicy, counts_as_failure
 from audit_db_core.cache import QueryCache, range_scopes, read_scope, write_scopes
 from audit_db_core.cache_codec import page_from_json as _page_from_json
@@ -393,9 +394,11 @@ class AuditDatabase:
         self.connections.open()
         self.cache.open()
         self.router.start()
+        telemetry.register(self)  # its pools, breakers, replicas, cache, health: observable instruments
         return self
 
     def close(self) -> None:
+        telemetry.unregister(self)
         self.router.stop()
         self.cache.close()
         self.connections.close()

@@ -7,6 +7,10 @@ Example::
     report.status             # "healthy", "degraded" (a replica lags or is down, Redis is down: the primary still
                               # serves every read and write) or "unhealthy" (the primary, or the schema)
     report.to_dict()          # JSON-ready, for the CLI and the Dagster checks
+    report.recommendations()  # {component: the action that fixes it} for each finding
+
+Every component that is not healthy carries ``action``: what fixes it (a command, a setting), or what the library
+does meanwhile and where to look (docs/guides/observability.md#recovery-recommendations lists them all).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from audit_db_core import telemetry
 from audit_db_core.config import AuditSettings
 from audit_db_core.errors import redact
 from audit_db_core.migrate import SCHEMA_VERSION
@@ -42,6 +47,7 @@ class ComponentHealth:
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     critical: bool = True  # False: reads and writes do not depend on it (a replica, the Redis cache)
+    action: str | None = None  # what fixes it (None while healthy)
 
 
 @dataclass
@@ -70,6 +76,11 @@ class HealthReport:
     def status(self) -> str:
         return "unhealthy" if not self.healthy else "degraded" if self.degraded else "healthy"
 
+    def recommendations(self) -> dict[str, str]:
+        """``{component: action}`` for every component that is not healthy, critical ones first."""
+        bad = sorted((c for c in self.components.values() if not c.healthy), key=lambda c: not c.critical)
+        return {c.name: c.action or "see the error" for c in bad}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "status": self.status,
@@ -82,6 +93,7 @@ class HealthReport:
             "cache": self.cache,
             "routing": self.routing,
             "partitions": self.partitions,
+            "recommendations": self.recommendations(),
         }
 
 
@@ -134,8 +146,40 @@ def redis_status(settings: AuditSettings) -> RedisStatus:
         client.close()
 
 
+# -- recovery recommendations: the action that fixes each finding (the observability guide lists them) -------------
+
+PRIMARY_DOWN = ("start PostgreSQL or fix AUDIT_DATABASE_URL (host, port, credentials); writes fail until the "
+                "primary answers, nothing is buffered: callers re-send (insert and insert_many are idempotent)")
+PRIMARY_IN_RECOVERY = ("AUDIT_DATABASE_URL points at a standby: point it at the primary (after a failover, the "
+                       "promoted server)")
+SCHEMA_BEHIND = "run `audit-platform migrate` (idempotent) with the owner's login"
+REPLICA_DOWN = ("reads fall back to the primary; start the replica or remove it from AUDIT_REPLICA_URLS, it rejoins "
+                "rotation by itself once measured healthy")
+REPLICA_NOT_STANDBY = ("reads skip it; it is not a standby (promoted?): rebuild it as a replica of the primary or "
+                       "remove it from AUDIT_REPLICA_URLS")
+REPLICA_LAGGING = ("reads fall back to the primary while the lag exceeds AUDIT_REPLICAS__MAX_LAG_SECONDS / "
+                   "__MAX_LAG_BYTES; check replication (pg_stat_replication on the primary, the replica's log, its "
+                   "disk and network); raise the bounds only if that staleness is acceptable")
+REPLICA_LAG_UNKNOWN = ("reads skip it until its lag can be measured: check that it streams from the primary "
+                       "(pg_stat_wal_receiver on the replica); any commit on the primary lets the lag be measured")
+REDIS_DOWN = ("L2 is off and reads go to the database (each process keeps its L1); start Redis or fix "
+              "AUDIT_REDIS_URL, the cache resumes by itself")
+POOL_WAITING_PRIMARY = ("raise AUDIT_POOL__MAX_SIZE (PostgreSQL's max_connections must cover every process's pools) "
+                        "or lower the concurrency; watch db.client.connection.pending_requests")
+POOL_WAITING_REPLICA = ("raise AUDIT_POOL__REPLICA_MAX_SIZE (meanwhile reads that find no free replica connection go "
+                        "to the primary) or lower the concurrency")
+PARTITIONS_MISSING = ("run partition maintenance: `audit-platform partitions create` (this period and the "
+                      "AUDIT_PARTITIONS__PREMAKE next ones) or the partition_maintenance_job; meanwhile writes land "
+                      "in DEFAULT")
+DEFAULT_ROWS = ("`audit-platform partitions rescue` moves them into partitions of their own (rows of an archived "
+                "and detached month stay: `audit-platform partitions plan` lists them)")
+PARTITIONS_UNREADABLE = ("the registry could not be read: run `audit-platform partitions plan` with the same login "
+                         "to see why (a role without audit_maintainer or audit_reader cannot read it)")
+
+
 def build_health_report(db: HealthSources) -> HealthReport:
-    """Every component of ``db`` checked once: primary, schema, replicas, Redis, breakers, partitions."""
+    """Every component of ``db`` checked once: pools, primary, schema, replicas, Redis, breakers, partitions."""
+    waiting = _pools_health(db.connections.pool_stats(), db.settings)  # before the check queues up itself
     primary = db.connections.health_check()
     applied = primary.get("schema_version")
     components = {"primary": _primary_health(primary)}
@@ -148,14 +192,16 @@ def build_health_report(db: HealthSources) -> HealthReport:
             details={k: v for k, v in replica.to_dict().items() if k not in ("error", "problem", "healthy", "name")},
             error=replica.problem,
             critical=False,
+            action=None if replica.healthy else _replica_action(replica),
         )
     components["redis"] = _redis_health(db.settings)
+    components["pools"] = waiting
     breakers = db.breakers.stats()
-    components["breakers"] = _breakers_health(breakers)
+    components["breakers"] = _breakers_health(breakers, db.settings)
     partitions: dict[str, Any] = {}
     if primary["reachable"] and applied is not None and applied >= SCHEMA_VERSION:
         components["partitions"], partitions = _partitions_health(db)
-    return HealthReport(
+    report = HealthReport(
         checked_at=dt.datetime.now(dt.UTC),
         components=components,
         pools=db.connections.pool_stats(),
@@ -166,14 +212,18 @@ def build_health_report(db: HealthSources) -> HealthReport:
         routing=db.router.snapshot(),
         partitions=partitions,
     )
+    telemetry.note_health(db, report)  # the audit.health.* and partition gauges of a registered database
+    return report
 
 
 def _primary_health(primary: dict[str, Any]) -> ComponentHealth:
+    healthy = bool(primary["reachable"]) and not primary["in_recovery"]
     return ComponentHealth(
         name="primary",
-        healthy=bool(primary["reachable"]) and not primary["in_recovery"],
+        healthy=healthy,
         details={k: v for k, v in primary.items() if k != "error"},
         error=primary["error"] or ("the primary is in recovery (a standby)" if primary["in_recovery"] else None),
+        action=None if healthy else PRIMARY_IN_RECOVERY if primary["reachable"] else PRIMARY_DOWN,
     )
 
 
@@ -185,6 +235,7 @@ def _schema_health(applied: int | None) -> ComponentHealth:
         details={"applied": applied, "shipped": SCHEMA_VERSION},
         error=f"database schema is at version {applied}, the package needs {SCHEMA_VERSION}: run migrate"
         if behind else None,
+        action=SCHEMA_BEHIND if behind else None,
     )
 
 
@@ -196,10 +247,11 @@ def _redis_health(settings: AuditSettings) -> ComponentHealth:
         details={k: v for k, v in cache.to_dict().items() if k not in ("error", "healthy")},
         error=None if cache.healthy else f"unreachable: {cache.error}",
         critical=False,
+        action=None if cache.healthy else REDIS_DOWN,
     )
 
 
-def _breakers_health(breakers: dict[str, dict[str, Any]]) -> ComponentHealth:
+def _breakers_health(breakers: dict[str, dict[str, Any]], settings: AuditSettings) -> ComponentHealth:
     not_closed = [name for name, b in breakers.items() if b["state"] != "closed"]
     return ComponentHealth(
         name="breakers",
@@ -208,6 +260,22 @@ def _breakers_health(breakers: dict[str, dict[str, Any]]) -> ComponentHealth:
         error="circuit breaker(s) not closed: " + ", ".join(f"{n} ({breakers[n]['state']})" for n in not_closed)
         if not_closed else None,
         critical="primary" in not_closed,  # writes fail while the primary's is open; others only degrade
+        action="; ".join(breaker_action(n, breakers[n]) for n in not_closed) or None,
+    )
+
+
+def _pools_health(stats: dict[str, dict[str, Any]], settings: AuditSettings) -> ComponentHealth:
+    """Callers waiting for a connection when the check started: the pool is too small for the load (never a
+    failure of the server: a busy pool does not count against a breaker)."""
+    waiting = {name: s["waiting"] for name, s in stats.items() if s.get("waiting")}
+    return ComponentHealth(
+        name="pools",
+        healthy=not waiting,
+        details={"waiting": waiting, "max_size": {name: s["max_size"] for name, s in stats.items()}},
+        error="caller(s) waiting for a connection: " + ", ".join(f"{n} ({w})" for n, w in waiting.items())
+        if waiting else None,
+        critical=False,
+        action=(POOL_WAITING_PRIMARY if "primary" in waiting else POOL_WAITING_REPLICA) if waiting else None,
     )
 
 
@@ -219,9 +287,35 @@ def _partitions_health(db: HealthSources) -> tuple[ComponentHealth, dict[str, An
         default_rows = db.partitions.default_row_count()
     except Exception as exc:
         return ComponentHealth(name="partitions", healthy=False, critical=False,
-                               error=redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)), {}
+                               error=redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__),
+                               action=PARTITIONS_UNREADABLE), {}
     partitions = {"missing": missing, "premake": db.settings.partitions.premake, "default_rows": default_rows}
     problems = ([f"{len(missing)} partition(s) of the premake window missing: {', '.join(missing)}"]
                 if missing else []) + ([f"{default_rows} row(s) in the DEFAULT partition"] if default_rows else [])
+    actions = ([PARTITIONS_MISSING] if missing else []) + ([DEFAULT_ROWS] if default_rows else [])
     return ComponentHealth(name="partitions", healthy=not problems, details=partitions,
-                           error="; ".join(problems) or None, critical=False), partitions
+                           error="; ".join(problems) or None, critical=False,
+                           action="; ".join(actions) or None), partitions
+
+
+def _replica_action(replica: Any) -> str:
+    if not replica.reachable:
+        return REPLICA_DOWN
+    if replica.in_recovery is not True:
+        return REPLICA_NOT_STANDBY
+    if replica.lag_bytes is None or replica.lag_seconds is None:
+        return REPLICA_LAG_UNKNOWN
+    return REPLICA_LAGGING
+
+
+def breaker_action(name: str, stats: dict[str, Any]) -> str:
+    """What an open (or half-open) breaker of ``name`` means and what closes it."""
+    after = f"it lets a trial call through {stats.get('retry_after_seconds', 0)} s from now"
+    if name == "primary":
+        return f"primary: writes fail fast with CircuitOpenError until the primary answers ({after}); {PRIMARY_DOWN}"
+    if name.startswith("replica"):
+        return f"{name}: reads skip it and go to the primary ({after}); {REPLICA_DOWN}"
+    if name == "redis":
+        return f"redis: {REDIS_DOWN} ({after})"
+    return (f"{name}: partition lifecycle operations are refused for now ({after}); the logs and the lifecycle "
+            "ledger name the failing step: fix its cause, then re-run it")

@@ -22,6 +22,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from audit_db_core.errors import MigrationError, classify
+from audit_db_core.telemetry import lifecycle
 
 if TYPE_CHECKING:
     import psycopg
@@ -79,6 +80,7 @@ def available_migrations() -> list[Migration]:
 SCHEMA_VERSION = available_migrations()[-1].version
 
 
+@lifecycle("migrate")
 def migrate(conninfo: str, *, connect_timeout: int = 10, lock_timeout_s: float = 300.0) -> MigrationResult:
     """Apply every pending migration to the database at ``conninfo``; safe to call concurrently and repeatedly."""
     import psycopg  # here, not at the top: importing audit_db_core needs no database driver

@@ -104,6 +104,7 @@ def _create_table(results: list[CreateResult]) -> str:
 @dg.op(description="Make sure the current period and the next AUDIT_PARTITIONS__PREMAKE periods have partitions.")
 def premake_partitions(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[list[str]]:
     """``PartitionManager.premake``: idempotent; creating a partition also moves its DEFAULT rows into it."""
+    started = time.perf_counter()
     try:
         with audit_db.open() as db:
             results = db.partitions.premake(run_id=context.run_id)
@@ -121,6 +122,7 @@ def premake_partitions(context: dg.OpExecutionContext, audit_db: AuditDatabaseRe
             "created": len(created),
             "existing": len(results) - len(created),
             "rescued_rows": sum(r.rescued_rows for r in results),
+            "duration_ms": elapsed_ms(started),
             "partitions": dg.MetadataValue.md(_create_table(results)),
         },
     )
@@ -132,6 +134,7 @@ def premake_partitions(context: dg.OpExecutionContext, audit_db: AuditDatabaseRe
 )
 def rescue_default_rows(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[list[str]]:
     """``PartitionManager.rescue_default``; rows of archived-and-detached periods stay and are reported."""
+    started = time.perf_counter()
     try:
         with audit_db.open() as db:
             pm = db.partitions
@@ -158,6 +161,7 @@ def rescue_default_rows(context: dg.OpExecutionContext, audit_db: AuditDatabaseR
             "default_rows_before": sum(n for _, n in before),
             "rescued_rows": rescued,
             "default_rows_after": left_rows,
+            "duration_ms": elapsed_ms(started),
             "partitions": dg.MetadataValue.md(_create_table(results)) if results else "none",
             "left_in_default": dg.MetadataValue.md(
                 md_table(["period", "rows"], [[b.name, n] for b, n in left])) if left else "none",
@@ -312,6 +316,7 @@ def retention_purge(
         raise failure("retention purge refused: run config asks to execute (dry_run: false), but this deployment "
                       "runs purges as dry runs only; set AUDIT_PLATFORM_PURGE_EXECUTE=true to allow it",
                       error_category="configuration")
+    started = time.perf_counter()
     try:
         with audit_db.open() as db:
             report = db.partitions.purge(dry_run=config.dry_run, run_id=context.run_id)
@@ -338,6 +343,9 @@ def retention_purge(
             "purge": counts.get("purge", 0),
             "delete_archive": counts.get("delete_archive", 0),
             "keep": counts.get("keep", 0),
+            "purged_partitions": len(report.purged),
+            "archives_deleted_count": len(report.archives_deleted),
+            "duration_ms": elapsed_ms(started),
             "purged": ", ".join(report.purged) or "none",
             "archives_deleted": ", ".join(report.archives_deleted) or "none",
             "decisions": dg.MetadataValue.md(table) if report.decisions else "no partitions",
@@ -377,6 +385,7 @@ def retention_purge_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunReq
 @dg.op(description="ANALYZE stale partitions, summarize new BRIN ranges, REINDEX CONCURRENTLY bloated B-trees.")
 def optimize_indexes(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[dict[str, Any]]:
     """``PartitionManager.optimize``; every step (partition, action, index, duration) as a Markdown table."""
+    started = time.perf_counter()
     try:
         with audit_db.open() as db:
             report = db.partitions.optimize(run_id=context.run_id)
@@ -393,6 +402,7 @@ def optimize_indexes(context: dg.OpExecutionContext, audit_db: AuditDatabaseReso
             "analyze": counts.get("analyze", 0),
             "brin_summarize": counts.get("brin_summarize", 0),
             "reindex": counts.get("reindex", 0),
+            "duration_ms": elapsed_ms(started),
             "bloat_check": report.bloat_check,
             "steps": dg.MetadataValue.md(table) if report.steps else "no active partitions",
         },
@@ -433,6 +443,13 @@ def health_numbers(report: Any) -> dict[str, int | float]:
                 numbers[f"{name}_lag_{unit}"] = value
     if isinstance(report.partitions.get("default_rows"), int):
         numbers["default_rows"] = report.partitions["default_rows"]
+    if isinstance(report.partitions.get("missing"), list):
+        numbers["partitions_missing"] = len(report.partitions["missing"])
+    for pool, stats in report.pools.items():  # what db.client.connection.* reports, per pool
+        for key in ("in_use", "waiting", "max_size", "acquisitions_failed"):
+            if isinstance(stats.get(key), int):
+                numbers[f"pool_{pool}_{key}"] = stats[key]
+    numbers["components_not_healthy"] = sum(1 for c in report.components.values() if not c.healthy)
     numbers["breakers_not_closed"] = sum(1 for b in report.breakers.values() if b.get("state") != "closed")
     numbers["breaker_opens"] = sum(int(b.get("opened", 0)) for b in report.breakers.values())
     # The fleet's figure (every process sharing the Redis publishes its counts), else this run's own cache.
@@ -447,6 +464,7 @@ def health_numbers(report: Any) -> dict[str, int | float]:
 def health_report(context: dg.OpExecutionContext, audit_db: AuditDatabaseResource) -> dg.Output[str]:
     """``AuditDatabase.health()``; an unreachable primary or a schema behind the package fails the step; a lagging
     replica or an unreachable Redis only degrades it (logged as a warning)."""
+    started = time.perf_counter()
     try:
         with audit_db.open() as db:
             report = db.health()
@@ -455,22 +473,24 @@ def health_report(context: dg.OpExecutionContext, audit_db: AuditDatabaseResourc
             f"unhealthy: {exc.message}", component="primary", error_category=exc.category.value
         ) from None
     table = md_table(
-        ["component", "healthy", "error"],
-        [[name, "yes" if c.healthy else "NO", c.error or ""] for name, c in report.components.items()],
+        ["component", "healthy", "error", "action"],
+        [[name, "yes" if c.healthy else "NO", c.error or "", "" if c.healthy else c.action or ""]
+         for name, c in report.components.items()],
     )
     metadata: dict[str, Any] = {
         "status": report.status,
+        "duration_ms": elapsed_ms(started),
         "schema_version": report.schema_version if report.schema_version is not None else -1,
         **health_numbers(report),
         "components": dg.MetadataValue.md(table),
         "report": dg.MetadataValue.json(report.to_dict()),
     }
     if not report.healthy:
-        bad = [f"{name}: {c.error or 'unhealthy'}" for name, c in report.components.items()
-               if not c.healthy and c.critical]
+        bad = [f"{name}: {c.error or 'unhealthy'}" + (f" (fix: {c.action})" if c.action else "")
+               for name, c in report.components.items() if not c.healthy and c.critical]
         raise failure("unhealthy: " + "; ".join(bad), **metadata)
     if report.degraded:  # replicas / Redis: every read and write still goes to the primary; WARN checks show it
-        weak = [f"{name}: {c.error}" for name, c in report.components.items() if not c.healthy]
+        weak = [f"{name}: {c.error} (fix: {c.action})" for name, c in report.components.items() if not c.healthy]
         context.log.warning("degraded: " + "; ".join(weak))
     else:
         context.log.info(f"healthy: {', '.join(report.components)}")

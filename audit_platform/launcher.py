@@ -56,6 +56,8 @@ class _DevRun:
     made: dict[str, str] = field(default_factory=dict)  # the development defaults this run set
     stop: threading.Event = field(default_factory=threading.Event)
     stopping_signal: list[int] = field(default_factory=list)
+    metrics: Any = None  # audit_platform.metrics.MetricsServer with --metrics-port / AUDIT_METRICS_PORT
+    metrics_db: Any = None  # the database it observes while dagster dev runs
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
@@ -70,6 +72,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             summary = _prepare_database(args.demo_events)
             dagster_home = _prepare_dagster(run, summary.settings, verbose=args.verbose)
             _print_summary(run, args, summary, dagster_home)
+            _start_metrics(run, args)
             if args.exit_after_setup:
                 return 0
             return _run_dagster(run, args, dagster_home, ui_url)
@@ -210,6 +213,28 @@ def _print_summary(run: _DevRun, args: argparse.Namespace, summary: _DatabaseSum
               + (f"; reused, left running on exit: {', '.join(reused)}" if reused else ""))
 
 
+def _start_metrics(run: _DevRun, args: argparse.Namespace) -> None:
+    """With ``--metrics-port`` (or ``AUDIT_METRICS_PORT``): ``/metrics`` for Prometheus, observing one database kept
+    open here (pools, breakers, replica lag, health, partitions; see docs/guides/observability.md)."""
+    from audit_db_core import telemetry
+    from audit_platform.metrics import port_from, serve_metrics
+
+    port = port_from(args)
+    if port is None:
+        return
+    run.metrics_db = command_database().open()
+    telemetry.refresh(run.metrics_db)  # before serving: the first scrape already has health and partitions
+    run.metrics = serve_metrics(args.host, port)
+    print(f"  metrics: {run.metrics.url} (Prometheus text format)")
+
+
+def _stop_metrics(run: _DevRun) -> None:
+    if run.metrics_db is not None:
+        run.metrics_db.close()
+    if run.metrics is not None:
+        run.metrics.close()
+
+
 def _run_dagster(run: _DevRun, args: argparse.Namespace, dagster_home: Path, ui_url: str) -> int:
     """``dagster dev`` in a process group of its own, until a signal asks to stop or it exits."""
     from audit_platform.dagster_home import DagsterDev
@@ -271,6 +296,7 @@ def _shutdown(run: _DevRun, previous: dict[int, Any]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):  # a second Ctrl-C must not cut the cleanup short
         signal.signal(sig, _request_stop(run))
     try:
+        _stop_metrics(run)
         if run.dagster is not None:
             print("stopping dagster dev ...", file=sys.stderr, flush=True)
             killed = run.dagster.stop(timeout=20.0)
@@ -310,6 +336,9 @@ def add_dev_parser(sub: Any) -> None:
     # SUPPRESS: without the flag, `audit-platform -v dev` keeps the top-level -v.
     dev.add_argument("--verbose", "--debug", dest="verbose", action="store_true", default=argparse.SUPPRESS,
                      help="show debug logs, every step event of a run, and Dagster's notice about `dg dev`")
+    dev.add_argument("--metrics-port", type=int, default=None,
+                     help="also serve the library's metrics for Prometheus at http://HOST:PORT/metrics (default: "
+                     "$AUDIT_METRICS_PORT; unset: off; 9464 is the usual port)")
     dev.add_argument("--workspace", help=argparse.SUPPRESS)  # another workspace.yaml (debugging the dev loop)
     dev.add_argument("--exit-after-setup", action="store_true", help=argparse.SUPPRESS)
     dev.set_defaults(func=cmd_dev)

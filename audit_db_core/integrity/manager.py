@@ -18,6 +18,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from psycopg import sql
 
+from audit_db_core import telemetry
 from audit_db_core.config import AuditSettings, Period
 from audit_db_core.errors import AuditValidationError, ConfigurationError
 from audit_db_core.integrity import sealing, verification
@@ -123,11 +124,14 @@ class IntegrityManager:
             result = db.integrity.seal()
             result.status, result.events, [d.chain_seq for d in result.digests]
         """
-        key = self._signing_key()
-        window = self.window
-        limit = _aware(until, "until", "seal") if until is not None else None
-        return sealing.seal(self._connections, self.settings, self._pm, key=key, window=window, until=limit,
-                            run_id=run_id)
+        with telemetry.integrity_run("seal") as recorded:
+            key = self._signing_key()
+            window = self.window
+            limit = _aware(until, "until", "seal") if until is not None else None
+            result = sealing.seal(self._connections, self.settings, self._pm, key=key, window=window, until=limit,
+                                  run_id=run_id)
+            recorded.status, recorded.sealed = result.status, result.events
+        return result
 
     def verify(
         self, since: Any = None, until: Any = None, *, rows: bool = True, anchors: Iterable[tuple[int, str]] = (),
@@ -151,8 +155,11 @@ class IntegrityManager:
         if lo is not None and hi is not None and lo >= hi:
             raise AuditValidationError("verify", [("until", "must be later than since")])
         anchor_list = [verification.parse_anchor(a) for a in anchors]
-        return verification.verify(self._connections, self._pm, self.trusted_keys(), lo, hi, rows=rows,
-                                   anchors=anchor_list, run_id=run_id, record=record)
+        with telemetry.integrity_run("verify") as recorded:
+            report = verification.verify(self._connections, self._pm, self.trusted_keys(), lo, hi, rows=rows,
+                                         anchors=anchor_list, run_id=run_id, record=record)
+            recorded.status, recorded.findings = report.status, [p.kind for p in report.problems]
+        return report
 
     def prove(self, event_time: Any, event_id: Any) -> InclusionProof:
         """The inclusion proof of one sealed event (its digest, leaf index and audit path), to hand to someone

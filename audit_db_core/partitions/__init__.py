@@ -64,6 +64,7 @@ from audit_db_core.partitions.results import (
     RestoreResult,
 )
 from audit_db_core.retention import PurgeDecision, PurgeReport
+from audit_db_core.telemetry import lifecycle
 
 # Private names other modules of the library imported from partitions.py before it became a package (integrity
 # reads the registry in its caller's snapshot through _INFO_SELECT and _info): still importable from here.
@@ -163,26 +164,29 @@ class PartitionManager:
     archivable_from = inspection.archivable_from
     ledger_consistency = inspection.ledger_consistency
 
+    # Entry points that change partitions are traced and timed (audit_db_core.telemetry): a span
+    # "<operation> audit_log" and audit.lifecycle.duration with its outcome. Reads (plan, inspection) are not.
+
     # -- creation (creation.py) ------------------------------------------------------------------------------------
-    create_partition = creation.create_partition
-    premake = creation.premake
-    rescue_default = creation.rescue_default
+    create_partition = lifecycle("create_partition")(creation.create_partition)
+    premake = lifecycle("premake")(creation.premake)
+    rescue_default = lifecycle("rescue_default")(creation.rescue_default)
 
     # -- archival, detach, restore (archival.py) -----------------------------------------------------------------
-    archive = archival.archive
-    archive_eligible = archival.archive_eligible
-    detach_partition = archival.detach_partition
-    restore = archival.restore
-    verify_archives = archival.verify_archives
+    archive = lifecycle("archive")(archival.archive)
+    archive_eligible = lifecycle("archive_eligible")(archival.archive_eligible)
+    detach_partition = lifecycle("detach_partition")(archival.detach_partition)
+    restore = lifecycle("restore")(archival.restore)
+    verify_archives = lifecycle("verify_archives")(archival.verify_archives)
     _archive_problems = staticmethod(archival.archive_problems)  # integrity checks archives with the same rules
 
     # -- retention purge and legal holds (purge.py) --------------------------------------------------------------
-    purge = purging.purge
-    drop_partition = purging.drop_partition
-    hold = purging.hold
-    release = purging.release
+    purge = lifecycle("purge", dry_run_default=True)(purging.purge)
+    drop_partition = lifecycle("drop_partition")(purging.drop_partition)
+    hold = lifecycle("hold")(purging.hold)
+    release = lifecycle("release")(purging.release)
 
     # -- maintenance (maintenance.py) ----------------------------------------------------------------------------
     run_maintenance = maintenance.run_maintenance
     plan = maintenance.plan
-    optimize = maintenance.optimize
+    optimize = lifecycle("optimize")(maintenance.optimize)

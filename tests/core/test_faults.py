@@ -24,11 +24,12 @@ import pytest
 
 pytest.importorskip("psutil", reason="the local servers need the 'local' extra")
 
-from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings, AuditError
+from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings, AuditError, health, telemetry
 from audit_db_core.breakers import BreakerState
 from audit_db_core.errors import CircuitOpenError
 from audit_local.servers import LocalEndpoints, LocalServers
 from audit_db_core.migrate import migrate
+from tests.telemetry import Collected, otel, value  # noqa: F401 - otel is a fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.local_servers]
 
@@ -204,3 +205,69 @@ def test_primary_stops_during_a_write_loop(own_servers: tuple[LocalServers, Loca
         total = conn.execute("SELECT count(*) FROM audit_log WHERE principal_id = %s", (marker,)).fetchone()
     assert set(acknowledged) <= stored  # every acknowledged write survived the stop
     assert total == (len(stored),)  # and none is there twice
+
+
+# -- what an operator sees meanwhile: OpenTelemetry figures and the health report's actions ---------------------------
+
+
+def test_redis_outage_shows_in_the_metrics_and_the_health_actions(
+    own_servers: tuple[LocalServers, LocalEndpoints], otel: Collected
+) -> None:
+    servers, ep = own_servers
+    settings = fault_settings(ep, replica_urls=[], cache={"redis_timeout_seconds": 0.2})
+    asked = iter(range(10**6))
+
+    def miss_l1() -> None:  # a query L1 has not seen: L2 is asked (or bypassed)
+        query = AuditQuery(principal_id=f"otel-redis-{next(asked)}", since=PAST, until=PAST + dt.timedelta(days=1))
+        db.query(query, consistency="eventual")
+
+    with AuditDatabase(settings) as db:
+        assert db.cache.wait_synced()
+        dep = {"audit.deployment": str(db.deployment_id)}
+        servers.stop("redis")
+        try:
+            assert wait_for(lambda: miss_l1() is None and db.breakers.get("redis").state is BreakerState.OPEN)
+            miss_l1()  # bypasses L2 while its breaker is open
+            telemetry.refresh(db)
+            got = otel.metrics()
+            redis_open = value(got["audit.breaker.state"], **dep, **{"audit.component": "redis",
+                                                                     "audit.breaker.state": "open"})
+            health_of_redis = value(got["audit.health.component"], **dep, **{"audit.component": "redis"})
+            report = db.health()
+        finally:
+            servers.start("redis")
+        assert redis_open == 1 and health_of_redis == 0
+        assert value(got["audit.cache.bypasses"], **dep, **{"audit.cache.tier": "l2"}) >= 1
+        assert value(got["audit.breaker.transitions"], **dep, **{"audit.component": "redis",
+                                                                 "audit.breaker.to": "open"}) >= 1
+        assert report.components["redis"].action == health.REDIS_DOWN
+        assert health.REDIS_DOWN in (report.components["breakers"].action or "")
+
+
+def test_replica_outage_shows_in_the_metrics_and_the_health_actions(
+    own_servers: tuple[LocalServers, LocalEndpoints], otel: Collected
+) -> None:
+    servers, ep = own_servers
+    with AuditDatabase(fault_settings(ep, cache={"enabled": False})) as db:
+        dep = {"audit.deployment": str(db.deployment_id)}
+        assert wait_for(lambda: db.router.in_rotation() == ["replica-0"])
+        before = otel.metrics()
+        servers.stop("replica")
+        try:
+            assert wait_for(lambda: db.router.in_rotation() == [])
+            assert db.query(AuditQuery(), consistency="eventual").extra["source"] == "primary"
+            telemetry.refresh(db)
+            during = otel.metrics()
+            report = db.health()
+        finally:
+            servers.start("replica")
+        assert wait_for(lambda: db.router.in_rotation() == ["replica-0"])
+        after = otel.metrics()
+    rotation = {"audit.replica": "replica-0", **dep}
+    assert value(before["audit.replica.in_rotation"], **rotation) == 1
+    assert value(before["audit.replica.lag.wal"], **rotation) >= 0
+    assert value(during["audit.replica.in_rotation"], **rotation) == 0
+    assert value(during["audit.health.component"], **dep, **{"audit.component": "replica-0"}) == 0
+    assert value(during["audit.health.status"], **dep, **{"audit.health.status": "degraded"}) == 1
+    assert value(after["audit.replica.in_rotation"], **rotation) == 1
+    assert report.components["replica-0"].action == health.REPLICA_DOWN

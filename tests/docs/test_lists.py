@@ -264,3 +264,22 @@ def test_the_error_hierarchy_matches_the_classes() -> None:
 
 def _enum_value(value: enum.Enum) -> str:
     return str(value.value)
+
+
+# -- OpenTelemetry instruments --------------------------------------------------------------------------------------
+
+OBSERVABILITY = DOCS / "guides" / "observability.md"
+_KIND_WORDS = {"counter": "counter", "histogram": "histogram", "gauge": "gauge (observable)",
+               "observable_counter": "counter (observable)",
+               "observable_up_down_counter": "up-down counter (observable)"}
+
+
+def test_the_observability_guide_lists_every_instrument_as_defined() -> None:
+    from audit_db_core import telemetry
+
+    rows = table(OBSERVABILITY, "instrument", "kind", "unit", "attributes")
+    documented = {names(name)[0]: (kind, names(unit)[0], names(attrs), names(prom)[0])
+                  for name, kind, unit, attrs, prom, _ in rows}
+    defined = {i.name: (_KIND_WORDS[i.kind], i.unit, list(i.attributes), telemetry.prometheus_name(i))
+               for i in telemetry.INSTRUMENTS}
+    assert documented == defined

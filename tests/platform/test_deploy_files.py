@@ -34,19 +34,23 @@ SECRETS = {
     "READER_PG_PASSWORD": "pw-reader",
     "REPLICATION_PG_PASSWORD": "pw-replication",
     "DAGSTER_PG_PASSWORD": "pw-dagster",
+    "GRAFANA_ADMIN_PASSWORD": "pw-grafana",
 }
 #: Where each secret may appear (environment, command): the least each service needs. The writer's and the
 #: reader's logins are for applications and auditors outside the compose file.
 SECRET_USERS = {
     "POSTGRES_PASSWORD": {"postgres"},
     "OWNER_PG_PASSWORD": {"postgres", "migrate"},
-    "MAINTAINER_PG_PASSWORD": {"postgres", "code-location"},
+    "MAINTAINER_PG_PASSWORD": {"postgres", "code-location", "metrics"},  # metrics: health reads the registry
     "WRITER_PG_PASSWORD": {"postgres"},
     "READER_PG_PASSWORD": {"postgres"},
     "REPLICATION_PG_PASSWORD": {"postgres", "postgres-replica"},
     "DAGSTER_PG_PASSWORD": {"postgres", "code-location", "dagster-webserver", "dagster-daemon"},
+    "GRAFANA_ADMIN_PASSWORD": {"grafana"},
 }
 DATABASE_SERVICES = ("postgres", "postgres-replica")
+#: The monitoring stack's UIs (docs/guides/observability.md), published on the host's loopback like Dagster's.
+MONITORING_UIS = ("prometheus", "grafana")
 DAGSTER_SERVICES = ("code-location", "dagster-webserver", "dagster-daemon")
 #: Services that run once and exit (others wait for their success); they have no health check.
 ONE_SHOT_SERVICES = ("migrate",)
@@ -378,7 +382,11 @@ def test_the_dagster_ui_listens_on_loopback_only(compose: dict[str, Any]) -> Non
         target = int(target_text)
     assert (host_ip, published, target) == ("127.0.0.1", "3000", 3000)
     for name, service in services.items():
-        if name != "dagster-webserver":
+        if name in MONITORING_UIS:  # Prometheus and Grafana: on the host's loopback too, by default
+            for mapping in service.get("ports") or []:
+                bound = mapping.get("host_ip") if isinstance(mapping, dict) else str(mapping).rsplit(":", 2)[0]
+                assert bound == "127.0.0.1", f"{name} publishes {mapping} beyond loopback"
+        elif name != "dagster-webserver":
             assert not service.get("ports"), f"{name} publishes a port"
 
 
@@ -407,7 +415,7 @@ def test_init_script_creates_a_login_per_0007_group_from_the_compose_environment
     read = set(re.findall(r"^\\getenv \w+ (\w+)$", init_sql, re.M))
     pg_env = services["postgres"]["environment"]
     assert read <= set(pg_env), read - set(pg_env)
-    assert read >= {var for var in SECRETS if var != "POSTGRES_PASSWORD"}
+    assert read >= {var for var in SECRETS if var not in ("POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD")}
     for var in read:
         assert var in init_sh, f"primary-init.sh does not check {var}"
     # The shell runs the SQL from where the compose file mounts it, as an init script of the image.

@@ -159,6 +159,7 @@ class DevProcess:
     log: Path
     data_dir: Path
     port: int
+    metrics_port: int = 0  # --metrics-port: the library's /metrics beside the UI
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -225,12 +226,13 @@ def dev(tmp_path: Path) -> Iterator[DevProcess]:
     port = free_port()
     log = tmp_path / "dev.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AUDIT_", "DAGSTER_"))}
+    metrics_port = free_port()
     command = [sys.executable, "-m", "audit_db_core.cli", "dev", "--port", str(port), "--dir", str(data_dir),
-               "--demo-events", "50"]
+               "--demo-events", "50", "--metrics-port", str(metrics_port)]
     with open(log, "wb") as out:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True)
-    handle = DevProcess(process, log, data_dir, port)
+    handle = DevProcess(process, log, data_dir, port, metrics_port)
     try:
         yield handle
     finally:
@@ -268,6 +270,10 @@ def test_dev_serves_the_code_location_runs_jobs_and_backfills_and_stops_cleanly(
     assert "50 demo events written" in out
     assert f"http://127.0.0.1:{dev.port}" in out
     assert "AUDIT_INTEGRITY__SIGNING_KEY=(a development key" in out  # made for the run, and its value not shown
+    # --metrics-port: the library's figures for Prometheus, health and the local replica's lag included
+    assert f"metrics: http://127.0.0.1:{dev.metrics_port}/metrics" in out
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{dev.metrics_port}/metrics", timeout=10).read().decode()
+    assert "audit_health_status{" in metrics and 'audit_replica_lag_wal_bytes{' in metrics
 
     # -- what the UI shows ------------------------------------------------------------------------------------
     def repository() -> dict[str, Any] | None:
