@@ -340,7 +340,9 @@ class StoredAuditEvent(AuditEvent):
 
         What ``model_construct`` does, without its per-call overhead: every field is set, the private cache starts
         empty, times come out in UTC (already so from a connection whose ``TimeZone`` is UTC: then no conversion),
-        enums are looked up by value. Also a psycopg row factory: ``conn.cursor(row_factory=stored_event_row)``.
+        enums are looked up by value. Every event read back shares one set of field names (``model_fields_set``: all
+        of them), which pydantic never changes on a frozen model — a set of its own would be half an event's memory.
+        Also a psycopg row factory: ``conn.cursor(row_factory=stored_event_row)``.
         """
         (event_id, event_time, action, status, principal_id, organization_id, target_resource_type,
          target_resource_id, outcome_description, data_classification, retention_policy, correlation_id, session_id,
@@ -362,7 +364,7 @@ class StoredAuditEvent(AuditEvent):
             "stored_content_hash": content_hash if content_hash is None or type(content_hash) is bytes
             else bytes(content_hash),
         })
-        _set_fields_set(obj, _STORED_FIELDS.copy())
+        _set_fields_set(obj, _STORED_FIELDS)
         _set_extra(obj, None)
         _set_private(obj, _EMPTY_PRIVATE.copy())
         return obj
@@ -519,7 +521,7 @@ def check_text(text: str, path: str = "") -> None:
 _STATUSES = {s.value: s for s in EventStatus}
 _CLASSIFICATIONS = {c.value: c for c in DataClassification}
 _EMPTY_PRIVATE = {name: None for name in AuditEvent.__private_attributes__}
-_STORED_FIELDS = set(StoredAuditEvent.model_fields)
+_STORED_FIELDS = set(StoredAuditEvent.model_fields)  # shared by the events from_values makes: never change it
 _event_values = operator.itemgetter(*EVENT_COLUMNS)
 _UTC = dt.UTC
 # The slots every pydantic model has, set directly (what model_construct does through object.__setattr__).

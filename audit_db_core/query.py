@@ -28,7 +28,7 @@ import functools
 import hashlib
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -59,6 +59,10 @@ _MAX_LIST = 100
 _FILTER_FIELDS = ("since", "until", "principal_id", "organization_id", "action", "status", "target_resource_type",
                   "target_resource_id", "data_classification", "correlation_id", "session_id", "details_contains")
 _TIME_FIELDS = frozenset({"since", "until"})
+#: Where a query keeps its fingerprint: an entry of its __dict__ that is no field and no attribute name (pydantic's
+#: dumps, repr, equality and hash look at the fields only); the fields a copy may change and keep it.
+_FINGERPRINT = "(fingerprint)"
+_PAGING_FIELDS = frozenset({"cursor", "limit"})
 _LIST_FIELDS = frozenset({"action", "status", "data_classification"})
 
 
@@ -178,10 +182,23 @@ class AuditQuery(BaseModel):
         return data
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical JSON of :meth:`filters` (hex)."""
-        data = self.filters()
-        text = canonical_json(data) if self.details_contains is not None else _canonical_filters(data)
-        return hashlib.sha256(text.encode()).hexdigest()
+        """SHA-256 of the canonical JSON of :meth:`filters` (hex); computed once per query (the query is frozen).
+
+        Every page with a next page needs it for its cursor, and every page read with a cursor to check it: kept
+        with the query, and across :meth:`model_copy` when only ``cursor`` or ``limit`` change (a paging loop)."""
+        found: str | None = self.__dict__.get(_FINGERPRINT)
+        if found is None:
+            data = self.filters()
+            text = canonical_json(data) if self.details_contains is not None else _canonical_filters(data)
+            found = self.__dict__[_FINGERPRINT] = hashlib.sha256(text.encode()).hexdigest()
+        return found
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> AuditQuery:
+        """A copy (see pydantic's ``model_copy``); a copy with other filters computes its own fingerprint."""
+        copied = super().model_copy(update=update, deep=deep)
+        if update and not set(update) <= _PAGING_FIELDS:
+            copied.__dict__.pop(_FINGERPRINT, None)
+        return copied
 
 
 @dataclass(frozen=True)

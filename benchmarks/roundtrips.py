@@ -3,15 +3,16 @@ for the server.
 
 A *round trip* is counted when the client asks for an answer while nothing it asked before is still unanswered,
 and the server answers. The relay reads the PostgreSQL protocol on both sides. The client asks for an answer with a
-``Sync`` (the end of an extended-protocol exchange), a simple ``Query``, a ``Flush``, or a message of the startup
-and authentication; a ``Sync`` or ``Query`` stays unanswered until the server's ``ReadyForQuery``. So a client that
-sends BEGIN, waits, sends a query, waits, sends COMMIT, waits makes three; a pipeline of two statements and one
-``Sync`` makes one — even when the client's writes reach the server in two pieces and the server answers the first
-statement before the second arrives (the client never waited for it), and even with a ``Flush`` added while the
-answer is on its way. A ``Flush`` in the middle of a pipeline that the client then waits on counts as one. Messages
-the server sends unasked (a NOTIFY, a parameter change) are not counted. A ``COPY … FROM STDIN`` counts as one
-(its data is sent while the ``Query`` that started it is unanswered). What crosses the wire decides, whatever the
-driver, pool or library above it does.
+``Sync`` (the end of an extended-protocol exchange), a simple ``Query``, a message of the startup and
+authentication, or a ``Flush`` that follows messages the server has not answered; a ``Sync`` or ``Query`` stays
+unanswered until the server's ``ReadyForQuery``. So a client that sends BEGIN, waits, sends a query, waits, sends
+COMMIT, waits makes three; a pipeline of two statements and one ``Sync`` makes one — even when the client's writes
+reach the server in pieces and the server answers the first statement before the rest arrives (the client never
+waited for it), and even with a ``Flush`` the client adds while the answer is on its way or after it arrived. A
+``Flush`` in the middle of a pipeline that the client then waits on counts as one. Messages the server sends unasked
+(a NOTIFY, a parameter change) are not counted. A ``COPY … FROM STDIN`` counts as one (its data is sent while the
+``Query`` that started it is unanswered). What crosses the wire decides, whatever the driver, pool or library above
+it does.
 
 A connection that negotiates TLS cannot be read: its round trips are then counted as every answer of the server
 that follows data from the client.
@@ -40,10 +41,11 @@ _HOST = "127.0.0.1"
 #: Untyped requests of the start of a connection (their length, then this code), answered by one bare byte.
 _SSL_REQUEST, _GSSENC_REQUEST = 80877103, 80877104
 _NEGOTIATE = (_SSL_REQUEST, _GSSENC_REQUEST)
-#: Client messages that the server answers with ReadyForQuery, and those the client waits on (with Flush, and the
-#: password / SASL messages of the authentication).
+#: Client messages that the server answers with ReadyForQuery, and those the client waits on (the password / SASL
+#: messages of the authentication too); a Flush waits only when something was sent since the server last answered.
 _ENDS_REQUEST = (ord("S"), ord("Q"))
-_ASKS = (ord("S"), ord("Q"), ord("H"), ord("p"))
+_ASKS = (ord("S"), ord("Q"), ord("p"))
+_FLUSH = ord("H")
 _READY_FOR_QUERY = ord("Z")
 
 
@@ -93,6 +95,7 @@ class _Pair:
         self.from_server = _Stream(untyped=False)
         self.unanswered = 0  # Sync / Query sent and not yet answered by ReadyForQuery
         self.waiting = False  # the client sent a request while idle; the server has not answered it yet
+        self.unflushed = False  # the client sent messages since the server last sent anything
 
     def client_data(self, data: bytes) -> None:
         if self.opaque:
@@ -109,7 +112,11 @@ class _Pair:
                 elif code >> 16 == 3:  # StartupMessage (protocol 3.x): typed messages from now on
                     self.from_client.untyped = False
                 continue
-            asks = asks or kind in _ASKS
+            if kind == _FLUSH:
+                asks = asks or self.unflushed  # a Flush with nothing sent before it asks for nothing
+            else:
+                asks = asks or kind in _ASKS
+                self.unflushed = True
             if kind in _ENDS_REQUEST:
                 self.unanswered += 1
         if asks and idle:
@@ -119,6 +126,7 @@ class _Pair:
         """Whether this data answers a request the client is waiting for (a round trip)."""
         answered = self.waiting
         self.waiting = False
+        self.unflushed = False
         if self.opaque:
             return answered
         for kind, body in self.from_server.messages(data):

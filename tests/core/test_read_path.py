@@ -197,3 +197,17 @@ def test_load_json_is_json_loads(data: bytes) -> None:
         assert str(caught.value) == str(exc)
     else:
         assert load_json(data) == expected
+
+
+def test_a_query_keeps_its_fingerprint_only_while_its_filters_stay() -> None:
+    first = AuditQuery(principal_id="u1", action=["a.b", "a.c"], since=dt.datetime(2026, 1, 1, tzinfo=UTC))
+    fingerprint = first.fingerprint()
+    same = AuditQuery(principal_id="u1", action=["a.c", "a.b"], since=dt.datetime(2026, 1, 1, tzinfo=UTC))
+    assert same == first and hash(same) == hash(first) and repr(same) == repr(first)  # one computed it, one not
+    assert same.model_dump() == first.model_dump() and same.fingerprint() == fingerprint
+    page_two = first.model_copy(update={"cursor": "abc", "limit": 5})
+    assert page_two.fingerprint() == fingerprint and page_two.cursor == "abc"
+    other = first.model_copy(update={"principal_id": "u2"})
+    assert other.fingerprint() != fingerprint
+    assert other.fingerprint() == AuditQuery(principal_id="u2", action=["a.b", "a.c"],
+                                             since=dt.datetime(2026, 1, 1, tzinfo=UTC)).fingerprint()
