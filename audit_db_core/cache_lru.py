@@ -19,9 +19,10 @@ from typing import Any, Final
 
 
 #: An L1 entry, a plain tuple (indexing an exact tuple is the fastest field access Python has): the value, its size
-#: in bytes (as charged against the bound), when it expires and when it was made (the LRU's clock), and for the query
-#: cache the scope and the generation limits it is valid for (per scope: the highest generation it reflects).
-CacheEntry = tuple[Any, int, float, float, tuple[str, ...], tuple[int, ...]]
+#: in bytes (as charged against the bound) and when it expires (the LRU's clock) — all the LRU reads, and all that
+#: :meth:`LRUCache.put` stores — then, in the query cache's entries (``put_entry``), when it was made and the scope
+#: and generation limits it is valid for (per scope: the highest generation it reflects).
+CacheEntry = tuple[Any, ...]
 # Its fields (Final literals: a type checker knows each field's type).
 VALUE: Final = 0
 SIZE: Final = 1
@@ -203,7 +204,7 @@ class LRUCache:
             else:
                 expires = t + ttl
                 last[:] = t, ttl, expires
-            put_entry(key, (value, size, expires, t, (), ()))
+            put_entry(key, (value, size, expires))  # the fields the LRU reads: a smaller tuple, less memory
 
         def pop(key: str) -> None:
             nonlocal nbytes

@@ -118,6 +118,14 @@ def test_the_page_codec_round_trips_as_text_and_as_builtins(settings: AuditSetti
     for got in (from_bytes, from_builtins):
         assert_same_page(got, page)
         assert got.extra == {"source": "primary", "note": "kept"}
+    # Decoded events share what they can; changing a copy of one changes nothing in the others.
+    first, second = from_bytes.events[:2]
+    changed = first.model_copy(update={"action": "patient.record.update"})
+    assert changed.action == "patient.record.update" and changed.hash_matches is False
+    assert first.action == second.action == "patient.record.read" and first.hash_matches and second.hash_matches
+    everything = set(StoredAuditEvent.model_fields)
+    assert first.model_fields_set == second.model_fields_set == everything
+    assert first.model_dump(exclude_unset=True) == first.model_dump()
 
 
 def test_counts_and_small_values_are_stored_uncompressed_and_read_back(settings: AuditSettings,
