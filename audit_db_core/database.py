@@ -21,7 +21,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any, TypeVar, get_args
 
 import psycopg
 from psycopg import sql
@@ -48,6 +48,7 @@ from audit_db_core.events import (
     DataClassification,
     EventStatus,
     StoredAuditEvent,
+    event_row,
     stored_event_row,
 )
 from audit_db_core.health import HealthReport, build_health_report
@@ -97,23 +98,40 @@ _MERGE_STAGE = sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT DO NOT
 _CONSISTENCY = get_args(ConsistencyLevel)
 #: A read in two steps: send its statement on a connection, then (the returned function) read its result.
 _Send = Callable[[psycopg.Connection[Any]], Callable[[], Any]]
+_TIME = EVENT_COLUMNS.index("event_time")
+_T = TypeVar("_T")
 #: Beyond any WAL position a cached result can claim: the generation of a write whose position is unknown.
 _UNKNOWN_LSN = 2**62
 
 
 def _as_event(item: Any, index: int | None) -> AuditEvent:
     """An ``AuditEvent`` from an event or a mapping; errors name ``events[i].field`` (or ``event`` for one)."""
-    where = "event" if index is None else f"events[{index}]"
     if isinstance(item, AuditEvent):
         return item
-    if isinstance(item, Mapping):
+    return _from_mapping(item, index, _event_of)
+
+
+def _as_row(item: Any, index: int | None) -> tuple[Any, ...]:
+    """The row ``_as_event(item, index).row()``; for a mapping, without building the event (:func:`event_row`)."""
+    if isinstance(item, AuditEvent):
+        return item.row()
+    return _from_mapping(item, index, event_row)
+
+
+def _event_of(item: Mapping[str, Any]) -> AuditEvent:
+    return AuditEvent(**item)
+
+
+def _from_mapping(item: Any, index: int | None, build: Callable[[Mapping[str, Any]], _T]) -> _T:
+    if type(item) is dict or isinstance(item, Mapping):
         try:
-            return AuditEvent.model_validate(dict(item))
+            return build(item)
         except AuditValidationError as exc:
-            raise AuditValidationError("AuditEvent", [(f"{where}.{p.field}", p.reason) for p in exc.problems]) from None
-    raise AuditValidationError(
-        "AuditEvent", [(where, f"expected an AuditEvent or a mapping, not {type(item).__name__}")]
-    )
+            problems = [(f".{p.field}", p.reason) for p in exc.problems]
+    else:
+        problems = [("", f"expected an AuditEvent or a mapping, not {type(item).__name__}")]
+    where = "event" if index is None else f"events[{index}]"
+    raise AuditValidationError("AuditEvent", [(where + field, reason) for field, reason in problems])
 
 
 # -- operations on one connection (shared by AuditDatabase and AuditTransaction) ----------------------------------
@@ -142,38 +160,64 @@ def _insert_one(conn: psycopg.Connection[Any], event: AuditEvent) -> bool:
     raise AssertionError("unreachable")
 
 
-def _copy_batch(conn: psycopg.Connection[Any], events: list[AuditEvent]) -> int:
-    """Write one batch; returns how many rows were new.
+class _InvalidItem(Exception):
+    """Aborts a COPY when an item of its batch is not a valid event. The server logs only this message; the
+    item's own error (``error``) is raised once the COPY and its savepoint are rolled back."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__("an item of the batch is not a valid audit event; nothing of the batch is written")
+        self.error = error
+
+
+def _write_rows(copy: psycopg.Copy, items: list[Any], offset: int, rows: list[tuple[Any, ...]]) -> None:
+    """Write the row of each item. Rows not made by an earlier attempt (``rows``) are made here, one by one, so
+    the client validates and hashes an event while the server ingests the rows already sent; an invalid item
+    aborts the COPY (nothing of the batch is stored)."""
+    for row in rows:
+        copy.write_row(row)
+    for index in range(len(rows), len(items)):
+        try:
+            row = _as_row(items[index], offset + index)
+        except Exception as exc:
+            raise _InvalidItem(exc) from None
+        rows.append(row)
+        copy.write_row(row)
+
+
+def _copy_batch(conn: psycopg.Connection[Any], items: list[Any], offset: int, rows: list[tuple[Any, ...]]) -> int:
+    """Write one batch of events or mappings (``items``, the first at index ``offset`` of the call); returns how
+    many rows were new. ``rows`` receives the row of each item, in order.
 
     The fast path COPYs straight into ``audit_log`` inside a savepoint. Only when that meets a duplicate (a
     retried batch) does it fall back to COPY into a temporary stage plus ``INSERT … ON CONFLICT DO NOTHING``.
-    Either is repeated when a concurrent partition creation re-routed some of its rows. Rows are rendered inside
-    the COPY loop, so the client renders while the server ingests what it was sent.
+    Either is repeated when a concurrent partition creation re-routed some of its rows. Each item is checked (a
+    mapping) and its row rendered inside the COPY loop (:func:`_write_rows`).
     """
-    for attempt in range(_REROUTE_ATTEMPTS):
-        try:
+    try:
+        for attempt in range(_REROUTE_ATTEMPTS):
             try:
+                try:
+                    with conn.transaction(), conn.cursor() as cur:
+                        with cur.copy(_COPY_INTO_LOG) as copy:
+                            _write_rows(copy, items, offset, rows)
+                    return len(items)
+                except psycopg.errors.UniqueViolation:
+                    pass
                 with conn.transaction(), conn.cursor() as cur:
-                    with cur.copy(_COPY_INTO_LOG) as copy:
-                        for event in events:
-                            copy.write_row(event.row())
-                return len(events)
-            except psycopg.errors.UniqueViolation:
-                pass
-            with conn.transaction(), conn.cursor() as cur:
-                cur.execute(_CREATE_STAGE)
-                cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
-                with cur.copy(_COPY_INTO_STAGE) as copy:
-                    for event in events:
-                        copy.write_row(event.row())
-                cur.execute(_MERGE_STAGE)
-                written = cur.rowcount
-                cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
-            return written
-        except psycopg.Error as exc:
-            if not _rerouted(exc) or attempt == _REROUTE_ATTEMPTS - 1:
-                raise
-    raise AssertionError("unreachable")
+                    cur.execute(_CREATE_STAGE)
+                    cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
+                    with cur.copy(_COPY_INTO_STAGE) as copy:
+                        _write_rows(copy, items, offset, rows)
+                    cur.execute(_MERGE_STAGE)
+                    written = cur.rowcount
+                    cur.execute(sql.SQL("TRUNCATE {}").format(_STAGE))
+                return written
+            except psycopg.Error as exc:
+                if not _rerouted(exc) or attempt == _REROUTE_ATTEMPTS - 1:
+                    raise
+        raise AssertionError("unreachable")
+    except _InvalidItem as invalid:
+        raise invalid.error from None
 
 
 def _insert_many(
@@ -182,9 +226,10 @@ def _insert_many(
     batch_size: int,
     *,
     commit_each: bool,
-    on_batch: Callable[[psycopg.Connection[Any], list[AuditEvent]], None] | None = None,
+    on_batch: Callable[[psycopg.Connection[Any], list[dt.datetime]], None] | None = None,
 ) -> int:
-    """``on_batch(conn, batch)`` runs after each batch is written (after its commit when ``commit_each``)."""
+    """``on_batch(conn, times)`` runs after each batch is written (after its commit when ``commit_each``), with
+    the event times of the batch."""
     written = 0
     seen = 0
     iterator = iter(events)
@@ -192,20 +237,19 @@ def _insert_many(
         chunk = list(itertools.islice(iterator, batch_size))
         if not chunk:
             return written
+        rows: list[tuple[Any, ...]] = []
         try:
-            batch = [_as_event(item, seen + i) for i, item in enumerate(chunk)]
+            if commit_each:
+                with conn.transaction():
+                    written += _copy_batch(conn, chunk, seen, rows)
+            else:
+                written += _copy_batch(conn, chunk, seen, rows)
+            if on_batch is not None:
+                on_batch(conn, [row[_TIME] for row in rows])
         except AuditValidationError as exc:
             if commit_each and seen:
                 exc.amend(_STORED_BEFORE.format(seen), events_before_batch=seen)
             raise
-        try:
-            if commit_each:
-                with conn.transaction():
-                    written += _copy_batch(conn, batch)
-            else:
-                written += _copy_batch(conn, batch)
-            if on_batch is not None:
-                on_batch(conn, batch)
         except psycopg.Error as exc:
             err = classify(exc, operation="insert_many", events_before_batch=seen)
             if commit_each and seen:
@@ -309,10 +353,10 @@ class AuditTransaction:
         self.written_times.add(ev.event_time)
         return new
 
-    def insert_many(self, events: Iterable[AuditEvent]) -> int:
+    def insert_many(self, events: Iterable[AuditEvent | Mapping[str, Any]]) -> int:
         events = self._privacy.protect(events, self._conn)
         return _insert_many(self._conn, events, self._settings.ingest.batch_size, commit_each=False,
-                            on_batch=lambda _conn, batch: self.written_times.update(e.event_time for e in batch))
+                            on_batch=lambda _conn, times: self.written_times.update(times))
 
     def query(self, query: AuditQuery) -> QueryPage:
         return _query(self._conn, self._privacy.translate(_check_query(query), self._conn), self._settings)
@@ -634,18 +678,23 @@ class AuditDatabase:
             self._publish("insert")
 
     @_operation("insert_many")
-    def insert_many(self, events: Iterable[AuditEvent]) -> int:
+    def insert_many(self, events: Iterable[AuditEvent | Mapping[str, Any]]) -> int:
         """Store events in COPY batches of ``settings.ingest.batch_size`` (one transaction each).
 
+        ``events`` may hold ``AuditEvent`` objects or plain mappings of their fields (``{"action": …, "status": …,
+        "principal_id": …}``), mixed. A mapping is checked against every rule of ``AuditEvent`` and hashed while
+        the batch streams to the server — the fastest way in from dicts (no event object is built); an invalid
+        item fails its whole batch with ``AuditValidationError`` naming ``events[i].field``.
+
         Idempotent: events already stored are skipped, never duplicated and never an error, so a caller that is
-        unsure whether a call went through re-sends it all. Returns how many events were newly written.
+        unsure whether a call went through re-sends it all. Returns how many events were newly written. (A mapping
+        without ``event_id`` gets a new id each time it is sent: give ids to mappings that may be re-sent.)
         """
         try:
             with self._primary("insert_many") as conn:
                 events = self.privacy.protect(events, conn)
                 return _insert_many(conn, events, self.settings.ingest.batch_size, commit_each=True,
-                                    on_batch=lambda c, batch: self._committed(c, (e.event_time for e in batch),
-                                                                               "insert_many"))
+                                    on_batch=lambda c, times: self._committed(c, times, "insert_many"))
         finally:
             self._publish("insert_many")  # also after a failure: batches committed before it must reach others
 
