@@ -33,9 +33,9 @@ logger = logging.getLogger("audit_db_core.connections")
 
 
 def connect_kwargs(settings: AuditSettings) -> dict[str, Any]:
-    """Options every pooled connection of the library gets: timeouts, application name, and ``TimeZone=UTC`` (the
-    library's times are UTC; psycopg then hands ``timestamptz`` values out in UTC with no conversion per row, and
-    the library's SQL names its time zone wherever one matters)."""
+    """Options the library's connections get (a dedicated connection replaces ``options``): timeouts, application
+    name, and ``TimeZone=UTC`` — the library's times are UTC, psycopg then hands ``timestamptz`` values out in UTC
+    with no conversion per value, and the library's SQL names its time zone wherever one matters."""
     options = f"-c statement_timeout={settings.pool.statement_timeout_ms} -c TimeZone=UTC"
     return {
         "connect_timeout": settings.pool.connect_timeout_seconds,
