@@ -73,7 +73,6 @@ import msgspec
 from audit_db_core.breakers import BreakerRegistry, CircuitBreaker
 from audit_db_core.cache_codec import VERSION as _VALUE_FORMAT
 from audit_db_core.cache_codec import decode_value, encode_json, encode_value
-from audit_db_core.cache_lru import CREATED_AT, LIMITS, SCOPE, VALUE
 from audit_db_core.cache_lru import LRUCache
 from audit_db_core.cache_scopes import ALL, range_scopes, read_scope, write_scopes  # noqa: F401 (re-exported)
 from audit_db_core.cache_seal import SEAL_OVERHEAD as _SEAL_OVERHEAD
@@ -83,6 +82,11 @@ from audit_db_core.config import AuditSettings
 from audit_db_core.errors import CacheError, redact
 
 logger = logging.getLogger("audit_db_core.cache")
+
+# An L1 entry: a plain tuple (indexing an exact tuple is the fastest field access Python has) of the result, when it
+# was made (this cache's clock), and the scopes and generation limits it is valid for (per scope: the highest
+# generation it reflects). The LRU keeps its size and expiry apart.
+VALUE, CREATED_AT, SCOPE, LIMITS = 0, 1, 2, 3
 
 #: Clocks of processes sharing a Redis may differ this much (ms): a value "from the future" beyond it is refused,
 #: and one read up to this long after its TTL is a plain miss rather than a suspected replay.
@@ -492,7 +496,7 @@ class QueryCache:
         reading its own write, whose invalidation may not have reached this process yet)."""
         if not self.enabled:
             return None
-        entry = self.l1.get_entry(key)
+        entry = self.l1.get(key)
         if entry is not None and min_generation and min(entry[LIMITS], default=0) < min_generation:
             entry = None  # too old for this caller; leave it for others
             self._count("l1_misses")
@@ -528,7 +532,7 @@ class QueryCache:
             self._count("l2_misses")
             return None
         now = self._clock()
-        self.l1.put_entry(key, (value, size, now + ttl_left, now, scope, limits))
+        self.l1.put(key, (value, now, scope, limits), size=size, ttl=ttl_left)
         self._count("l2_hits")
         return CacheHit(value, "l2")
 
@@ -632,7 +636,7 @@ class QueryCache:
             return
         plaintext, size = encode_value(scope, limits, payload)
         now = self._clock()
-        self.l1.put_entry(key, (value, len(plaintext), now + ttl, now, scope, limits))
+        self.l1.put(key, (value, now, scope, limits), size=len(plaintext), ttl=ttl)
         self._count("sets")
         if self._redis is None or self._seal is None or size > cfg.max_value_bytes:
             return  # a value readers would refuse is not worth sending

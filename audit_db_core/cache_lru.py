@@ -1,5 +1,5 @@
 """The query cache's L1: a thread-safe LRU map with per-entry expiry and bounds on entries and bytes, at least as
-fast as ``cachetools.LRUCache`` (which has no TTL, no byte bound and no lock; see ``benchmarks/cache.py``).
+fast as ``cachetools.LRUCache`` on a hit (which has no TTL, no byte bound and no lock; see ``benchmarks/cache.py``).
 
 Example::
 
@@ -14,22 +14,9 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from heapq import heapify, heappop, heappush
 from collections.abc import Callable
-from typing import Any, Final
-
-
-#: An L1 entry, a plain tuple (indexing an exact tuple is the fastest field access Python has): the value, its size
-#: in bytes (as charged against the bound) and when it expires (the LRU's clock) — all the LRU reads, and all that
-#: :meth:`LRUCache.put` stores — then, in the query cache's entries (``put_entry``), when it was made and the scope
-#: and generation limits it is valid for (per scope: the highest generation it reflects).
-CacheEntry = tuple[Any, ...]
-# Its fields (Final literals: a type checker knows each field's type).
-VALUE: Final = 0
-SIZE: Final = 1
-EXPIRES_AT: Final = 2
-CREATED_AT: Final = 3
-SCOPE: Final = 4
-LIMITS: Final = 5
+from typing import Any
 
 
 #: How stale the time an entry's expiry is checked against may be (s): an entry is dropped at most this long after its
@@ -88,30 +75,39 @@ class _Polled:
         return self._clock()
 
 
+_NEVER = float("inf")
+
+
 class LRUCache:
     """A thread-safe LRU map with per-entry expiry and bounds on entries and bytes; get, put and evict are O(1): an
-    ``OrderedDict`` whose entries move to the end on use and are popped from the front to evict.
+    ``OrderedDict`` of the values, which move to the end on use and are popped from the front to evict.
 
+    - A hit reads the map and nothing else: the map holds the value itself (no per-entry record to follow — on a
+      large cache each pointer followed is a cache miss), and its ``move_to_end`` is the same C lookup again.
+    - Expiry: each entry has a record ``(key, size, due)`` in a side map, and sits in the bucket of its due time
+      (its expiry rounded down to :data:`CLOCK_RESOLUTION_S`; exact with a clock of the cache's own). A hit only
+      compares the clock with the earliest due bucket; once that time has come, the buckets due are swept under the
+      lock before the lookup. So an entry is gone within :data:`CLOCK_RESOLUTION_S` of its TTL (at most that much
+      early or late) and a hit never returns one past it. A record left in a bucket by an entry evicted or replaced
+      since is skipped when its bucket is swept; the buckets are rebuilt from the live records once they hold more
+      than twice ``max_entries`` records (amortized O(1) per put).
     - Thread safety: whatever adds or removes entries (and so moves the byte count) holds the lock. A hit takes
-      none: its lookup and its ``move_to_end`` are single C calls on the ``OrderedDict``, each atomic under the
-      GIL; an entry removed between the two was still there when it was looked up (a hit), and its move is skipped.
-    - Time: with the default clock, expiry is checked against :func:`coarse_clock` (an entry lives at most
-      :data:`CLOCK_RESOLUTION_S` past its TTL) and no hit or put calls a clock; a clock given to the cache (a
-      test's) is called on every hit and put.
+      none: its ``move_to_end`` and its lookup are single C calls, each atomic under the GIL; an entry removed
+      between the two is a miss.
+    - Time: with the default clock, expiry is checked against :func:`coarse_clock` and no hit or put calls a
+      clock; a clock given to the cache (a test's) is called on every hit and put.
     - Bytes: a put states the entry's size; it is added on put and subtracted on removal, never computed.
-    - The operations are closures made once per cache, over the map, its bound methods, the clock, the bounds
-      and the counters: a hit or a put then looks up no attribute but its entry's (each attribute lookup or
-      method call saved is a few per cent of a hit; see ``benchmarks/cache.py``). ``max_entries`` and
-      ``max_bytes`` are fixed at creation.
+    - The operations are closures made once per cache, over the maps, their bound methods, the clock, the bounds
+      and the counters: a hit or a put then looks up no attribute (each attribute lookup or method call saved is a
+      few per cent of a hit; see ``benchmarks/cache.py``). ``max_entries`` and ``max_bytes`` are fixed at
+      creation.
     """
 
     get: Callable[[str], Any]
-    """The value stored under a key, ``None`` when absent or expired (an expired entry is removed)."""
-    get_entry: Callable[[str], CacheEntry | None]
+    """The value stored under a key, ``None`` when absent or expired (expired entries are removed)."""
     put: Callable[..., None]
     """``put(key, value, *, size, ttl)``: store (or replace) an entry, evicting least recently used ones until both
     bounds hold; one larger than ``max_bytes`` is not stored."""
-    put_entry: Callable[[str, CacheEntry], None]
     pop: Callable[[str], None]
     """Remove a key if present."""
     clear: Callable[[], None]
@@ -120,99 +116,121 @@ class LRUCache:
     def __init__(self, max_entries: int, max_bytes: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._data: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._data: OrderedDict[str, Any] = OrderedDict()
+        self._records: dict[str, tuple[str, int, float]] = {}  # key -> (key, size, due), the live entries'
         self._lock = threading.Lock()
-        now = coarse_clock() if clock is time.monotonic else _Polled(clock)
-        self._bind(self._data, self._lock, now, max_entries, max_bytes)
+        own_clock = clock is not time.monotonic
+        now = _Polled(clock) if own_clock else coarse_clock()
+        self._bind(now, 0.0 if own_clock else CLOCK_RESOLUTION_S)
 
-    def _bind(self, data: OrderedDict[str, CacheEntry], lock: threading.Lock, now: list[float] | _Polled,
-              max_entries: int, max_bytes: int) -> None:
-        touch, remove, insert, popitem = data.move_to_end, data.pop, data.setdefault, data.popitem
+    def _bind(self, now: list[float] | _Polled, resolution: float) -> None:
+        data, records, max_entries, max_bytes = self._data, self._records, self.max_entries, self.max_bytes
+        touch, popitem = data.move_to_end, data.popitem
+        claim, forget = records.setdefault, records.pop
         # acquire/release in try/finally: the same guarantee as ``with lock``, at half its cost per call.
-        acquire, release = lock.acquire, lock.release
+        acquire, release = self._lock.acquire, self._lock.release
+        buckets: dict[float, list[tuple[str, int, float]]] = {}  # due time -> the records put with it
+        dues: list[float] = []  # heap of the buckets' due times
+        due = _NEVER  # the earliest of them: all a hit looks at
+        bucketed = 0  # records in the buckets, live or not
+        rebuild_at = 2 * max(max_entries, 0) + 1024
         nbytes = evictions = expirations = 0
         refuse = max_entries <= 0
+        # Puts in one tick with one TTL share a due time and its bucket: no arithmetic, no lookup.
+        last: list[Any] = [None, None, None, None]  # tick, ttl, due, bucket
 
-        def expire(key: str, entry: CacheEntry) -> None:
-            nonlocal nbytes, expirations
+        def sweep() -> None:
+            nonlocal due, nbytes, expirations, bucketed
             acquire()
             try:
-                if data.get(key) is entry:
-                    del data[key]
-                    nbytes -= entry[1]
-                    expirations += 1
+                t = now[0]
+                while dues and dues[0] <= t:
+                    d = heappop(dues)
+                    if d == last[2]:
+                        last[:] = None, None, None, None
+                    for record in buckets.pop(d):
+                        bucketed -= 1
+                        key = record[0]
+                        if records.get(key) is record:  # still this entry, not one put again since
+                            del records[key], data[key]
+                            nbytes -= record[1]
+                            expirations += 1
+                due = dues[0] if dues else _NEVER
             finally:
                 release()
 
-        def get_entry(key: str) -> CacheEntry | None:
-            try:
-                entry = data[key]  # a subscript, not .get(): no method call on a hit
-            except KeyError:
-                return None
-            if entry[2] <= now[0]:  # EXPIRES_AT (literal indices: a global lookup per field costs)
-                expire(key, entry)
-                return None
+        def get(key: str) -> Any:
+            if now[0] >= due:
+                sweep()
             try:
                 touch(key)
-            except KeyError:
-                pass  # removed by another thread since the lookup
-            return entry
-
-        def get(key: str) -> Any:  # get_entry's body again: a nested call would cost more than the rest
-            try:
-                entry = data[key]
-            except KeyError:
+                return data[key]
+            except KeyError:  # absent, or removed by another thread between the two
                 return None
-            if entry[2] <= now[0]:
-                expire(key, entry)
-                return None
-            try:
-                touch(key)
-            except KeyError:
-                pass
-            return entry[0]
 
-        def put_entry(key: str, entry: CacheEntry) -> None:
-            nonlocal nbytes, evictions
-            size = entry[1]
-            if size > max_bytes or refuse:
-                return  # larger than the whole cache: not worth evicting everything for
-            acquire()
-            try:
-                old = insert(key, entry)  # a new key is added at the end; a present one is returned
-                if old is entry:
-                    nbytes += size
+        def rebuild() -> None:
+            nonlocal due, bucketed
+            buckets.clear()
+            for record in records.values():
+                bucket = buckets.get(record[2])
+                if bucket is None:
+                    buckets[record[2]] = [record]
                 else:
-                    del data[key]
-                    data[key] = entry
-                    nbytes += size - old[1]
-                while len(data) > max_entries or nbytes > max_bytes:
-                    _, old = popitem(False)
-                    nbytes -= old[1]
-                    evictions += 1
-            finally:
-                release()
-
-        # Entries put in the same tick with the same TTL share one expiry float: a million entries then point to a
-        # few hundred floats, not a million scattered ones (a cache miss per hit at that size, and 24 MB).
-        last = [0.0, 0.0, 0.0]  # tick, ttl, expiry
+                    bucket.append(record)
+            dues[:] = buckets
+            heapify(dues)
+            due = dues[0] if dues else _NEVER
+            bucketed = len(records)
+            last[:] = None, None, None, None
 
         def put(key: str, value: Any, *, size: int, ttl: float) -> None:
+            nonlocal nbytes, evictions, due, bucketed
+            if size > max_bytes or refuse:
+                return  # larger than the whole cache: not worth evicting everything for
             t = now[0]
-            if t is last[0] and ttl == last[1]:
-                expires = last[2]
-            else:
-                expires = t + ttl
-                last[:] = t, ttl, expires
-            put_entry(key, (value, size, expires))  # the fields the LRU reads: a smaller tuple, less memory
+            acquire()
+            try:
+                if t is last[0] and ttl == last[1]:
+                    record = (key, size, last[2])
+                    last[3].append(record)
+                else:
+                    d = t + ttl
+                    if resolution:
+                        d -= d % resolution
+                    record = (key, size, d)
+                    bucket = buckets.get(d)
+                    if bucket is None:
+                        bucket = buckets[d] = [record]
+                        heappush(dues, d)
+                        if d < due:
+                            due = d
+                    else:
+                        bucket.append(record)
+                    last[:] = t, ttl, d, bucket
+                bucketed += 1
+                old = claim(key, record)  # a new key gets the record; a present one returns its own
+                data[key] = value
+                if old is not record:
+                    records[key] = record
+                    nbytes -= old[1]
+                    touch(key)
+                nbytes += size
+                while len(data) > max_entries or nbytes > max_bytes:
+                    nbytes -= forget(popitem(False)[0])[1]
+                    evictions += 1
+                if bucketed > rebuild_at:
+                    rebuild()
+            finally:
+                release()
 
         def pop(key: str) -> None:
             nonlocal nbytes
             acquire()
             try:
-                entry = remove(key, None)
-                if entry is not None:
-                    nbytes -= entry[1]
+                record = forget(key, None)
+                if record is not None:
+                    del data[key]
+                    nbytes -= record[1]
             finally:
                 release()
 
@@ -221,15 +239,16 @@ class LRUCache:
             acquire()
             try:
                 data.clear()
+                records.clear()
                 nbytes = 0
+                rebuild()
             finally:
                 release()
 
         def counts() -> tuple[int, int, int]:
             return nbytes, evictions, expirations
 
-        self.get_entry, self.get, self.put_entry, self.put = get_entry, get, put_entry, put
-        self.pop, self.clear, self._counts = pop, clear, counts
+        self.get, self.put, self.pop, self.clear, self._counts = get, put, pop, clear, counts
 
     def __len__(self) -> int:
         return len(self._data)

@@ -374,20 +374,44 @@ def bench_latency(servers: common.ReadServers, args: argparse.Namespace) -> dict
         return {**result, "cache_key_prefix": prefix}
 
 
+#: The cache's own modules, in an order where each one's imports among them come first: a revision's cache.py is
+#: loaded with the revision's versions of these (those it has), the rest of the package from this checkout.
+CACHE_MODULES = ("cache_scopes", "cache_lru", "cache_seal", "cache_codec", "cache")
+
+
 def cache_module_at(rev: str) -> ModuleType:
-    """``audit_db_core/cache.py`` as it was at git revision ``rev``, loaded beside this checkout's (its imports of
-    the rest of the package resolve to this checkout's modules)."""
+    """``audit_db_core/cache.py`` as it was at git revision ``rev``, loaded beside this checkout's together with the
+    cache's other modules as of ``rev`` (:data:`CACHE_MODULES`); its imports of the rest of the package resolve to
+    this checkout's modules."""
     repo = Path(__file__).resolve().parent.parent
+    tag = uuid.uuid4().hex[:8]
+    replaced: dict[str, ModuleType | None] = {}
+    module = None
     try:
-        text = subprocess.run(["git", "show", f"{rev}:audit_db_core/cache.py"], cwd=repo, capture_output=True,
-                              text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError) as exc:
-        raise CheckFailed(f"--compare-rev {rev}: cannot read audit_db_core/cache.py at that revision ({exc})") from None
-    name = f"audit_db_core._cache_at_{uuid.uuid4().hex[:8]}"
-    module = ModuleType(name)
-    module.__file__ = f"{rev}:audit_db_core/cache.py"
-    sys.modules[name] = module  # dataclasses look their module up
-    exec(compile(text, module.__file__, "exec"), module.__dict__)  # noqa: S102 - the project's own history
+        for part in CACHE_MODULES:
+            path = f"audit_db_core/{part}.py"
+            shown = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=repo, capture_output=True, text=True)
+            if shown.returncode != 0:
+                if part == "cache":
+                    raise CheckFailed(f"--compare-rev {rev}: cannot read {path} at that revision "
+                                      f"({shown.stderr.strip() or 'git show failed'})")
+                continue  # not a module of its own yet at that revision
+            module = ModuleType(f"audit_db_core._{part}_at_{tag}")
+            module.__file__ = f"{rev}:{path}"
+            sys.modules[module.__name__] = module  # dataclasses look their module up
+            exec(compile(shown.stdout, module.__file__, "exec"), module.__dict__)  # noqa: S102 - own history
+            if part != "cache":  # the next ones import this version of it
+                replaced.setdefault(f"audit_db_core.{part}", sys.modules.get(f"audit_db_core.{part}"))
+                sys.modules[f"audit_db_core.{part}"] = module
+    except OSError as exc:
+        raise CheckFailed(f"--compare-rev {rev}: cannot run git ({exc})") from None
+    finally:
+        for name, previous in replaced.items():
+            if previous is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = previous
+    assert module is not None
     return module
 
 

@@ -19,7 +19,6 @@ import redis
 from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings
 from audit_db_core.cache import CacheSeal, LRUCache
 from audit_db_core.cache_codec import VERSION, decode_value, encode_value, page_from_json, page_to_json
-from audit_db_core.cache_lru import SIZE
 from audit_db_core.cache_seal import Refused
 from audit_db_core.events import DataClassification, EventStatus, StoredAuditEvent
 from audit_db_core.query import QueryPage
@@ -242,8 +241,8 @@ def test_the_lru_keeps_its_bounds_and_byte_count_under_threads() -> None:
     for t in threads:
         t.join()
     assert errors == []
-    entries = list(lru._data.values())
-    assert len(entries) <= 50 and lru.bytes == sum(e[SIZE] for e in entries) <= 3000
+    assert set(lru._data) == set(lru._records)  # a size record per entry, and none for a key not held
+    assert len(lru) <= 50 and lru.bytes == sum(size for _, size, _ in lru._records.values()) <= 3000
     assert lru.evictions > 0 and lru.expirations > 0
 
 
@@ -252,6 +251,38 @@ def test_the_lru_moves_a_hit_to_the_recent_end_without_a_lock() -> None:
     lru.put("a", 1, size=1, ttl=60)
     lru.put("b", 2, size=1, ttl=60)
     with lru._lock:  # a hit never waits for a writer
-        assert lru.get("a") == 1 and lru.get_entry("b") is not None and lru.get("missing") is None
+        assert lru.get("a") == 1 and lru.get("b") == 2 and lru.get("missing") is None
     lru.put("c", 3, size=1, ttl=60)  # evicts a (b was used last)
     assert lru.get("a") is None and lru.get("b") == 2 and lru.get("c") == 3
+
+
+def test_an_entry_put_again_keeps_its_new_expiry_and_evicted_ones_leave_no_trace() -> None:
+    now = [0.0]
+    lru = LRUCache(max_entries=3, max_bytes=1000, clock=lambda: now[0])
+    lru.put("k", "old", size=10, ttl=5)
+    now[0] = 1.0
+    lru.put("k", "new", size=20, ttl=10)  # the first put's expiry no longer applies to k
+    now[0] = 5.5
+    assert lru.get("k") == "new" and lru.expirations == 0 and lru.bytes == 20
+    for i in range(3):  # evict k, then put it again: the evicted entry's expiry does not remove the new one
+        lru.put(f"x{i}", i, size=1, ttl=1)
+    assert lru.get("k") is None and lru.evictions == 1
+    lru.put("k", "again", size=30, ttl=100)
+    now[0] = 11.5  # past the second put's expiry and the x's
+    assert lru.get("k") == "again" and len(lru) == 1 and lru.bytes == 30 and lru.expirations == 2
+    now[0] = 106.0
+    assert lru.get("k") is None and len(lru) == 0 and lru.bytes == 0 and lru.expirations == 3
+
+
+def test_the_lru_still_expires_entries_after_its_buckets_are_rebuilt() -> None:
+    now = [0.0]
+    lru = LRUCache(max_entries=10, max_bytes=10_000, clock=lambda: now[0])
+    for i in range(5_000):  # far more puts than entries: the buckets fill with records of evicted entries
+        now[0] = i * 0.001
+        lru.put(f"k{i % 40}", i, size=1, ttl=60)
+    assert len(lru) == 10 and set(lru._records) == set(lru._data)
+    assert lru.get("k39") == 4999 and lru.get("k0") is None
+    now[0] = 64.985  # the oldest live entry (k30) was put at 4.990 s
+    assert lru.get("k39") == 4999 and lru.expirations == 0
+    now[0] = 65.0  # every entry's TTL is over
+    assert lru.get("k39") is None and len(lru) == 0 and lru.bytes == 0 and lru.expirations == 10
