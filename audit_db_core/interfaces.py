@@ -38,7 +38,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
@@ -56,13 +56,13 @@ T = TypeVar("T")
 class AuditStore(Protocol):
     """Write and read audit events (the seed's ``AuditDatabase`` interface).
 
-    ``insert`` returns ``False`` when the same event was already stored; ``insert_many`` returns how many events
-    were newly written — both idempotent. ``transaction()`` yields a store whose writes commit together.
+    ``insert`` returns ``False`` when the same event was already stored; ``insert_many`` (of events, or of plain
+    dicts of their fields, checked as events are) returns how many events were newly written — both idempotent. ``transaction()`` yields a store whose writes commit together.
     """
 
     def insert(self, event: AuditEvent) -> bool: ...
 
-    def insert_many(self, events: Iterable[AuditEvent]) -> int: ...
+    def insert_many(self, events: Iterable[AuditEvent | Mapping[str, Any]]) -> int: ...
 
     def query(self, query: AuditQuery) -> QueryPage: ...
 
