@@ -164,6 +164,8 @@ REPLICA_LAG_UNKNOWN = ("reads skip it until its lag can be measured: check that 
                        "(pg_stat_wal_receiver on the replica); any commit on the primary lets the lag be measured")
 REDIS_DOWN = ("L2 is off and reads go to the database (each process keeps its L1); start Redis or fix "
               "AUDIT_REDIS_URL, the cache resumes by itself")
+CACHE_KEY_MISSING = ("set AUDIT_CACHE__KEY to 32 random bytes (hex or base64), the same in every process of this "
+                     "deployment; until then L2 is off and reads that miss L1 go to the database")
 POOL_WAITING_PRIMARY = ("raise AUDIT_POOL__MAX_SIZE (PostgreSQL's max_connections must cover every process's pools) "
                         "or lower the concurrency; watch db.client.connection.pending_requests")
 POOL_WAITING_REPLICA = ("raise AUDIT_POOL__REPLICA_MAX_SIZE (meanwhile reads that find no free replica connection go "
@@ -194,7 +196,7 @@ def build_health_report(db: HealthSources) -> HealthReport:
             critical=False,
             action=None if replica.healthy else _replica_action(replica),
         )
-    components["redis"] = _redis_health(db.settings)
+    components["redis"] = _redis_health(db.settings, getattr(db.cache, "l2_off_reason", None))
     components["pools"] = waiting
     breakers = db.breakers.stats()
     components["breakers"] = _breakers_health(breakers, db.settings)
@@ -239,15 +241,17 @@ def _schema_health(applied: int | None) -> ComponentHealth:
     )
 
 
-def _redis_health(settings: AuditSettings) -> ComponentHealth:
+def _redis_health(settings: AuditSettings, l2_off_reason: str | None = None) -> ComponentHealth:
+    """Redis as measured, and whether L2 may use it: a reachable Redis that L2 is off for (no key) is a finding."""
     cache = redis_status(settings)
+    unused = cache.healthy and cache.configured and l2_off_reason is not None
     return ComponentHealth(
         name="redis",
-        healthy=cache.healthy,
-        details={k: v for k, v in cache.to_dict().items() if k not in ("error", "healthy")},
-        error=None if cache.healthy else f"unreachable: {cache.error}",
+        healthy=cache.healthy and not unused,
+        details={k: v for k, v in cache.to_dict().items() if k not in ("error", "healthy")} | {"l2": not unused},
+        error=f"L2 is off: {l2_off_reason}" if unused else None if cache.healthy else f"unreachable: {cache.error}",
         critical=False,
-        action=None if cache.healthy else REDIS_DOWN,
+        action=CACHE_KEY_MISSING if unused else None if cache.healthy else REDIS_DOWN,
     )
 
 

@@ -138,6 +138,19 @@ def test_unreachable_redis_and_replica_recommend_their_fixes(fresh_database: str
 
 
 @pytest.mark.slow
+def test_redis_without_a_cache_key_is_a_finding_that_names_the_key(fresh_database: str, servers: Any) -> None:
+    if not servers.redis_url:
+        pytest.skip("no Redis given for this server (AUDIT_TEST_REDIS_URL)")
+    env = {"AUDIT_DATABASE_URL": fresh_database, "AUDIT_REDIS_URL": servers.redis_url, "AUDIT_CACHE__KEY": ""}
+    code, text, report = cli_health(env)
+    redis = report["components"]["redis"]
+    assert report["status"] == "degraded" and not redis["healthy"] and redis["details"]["reachable"] is True
+    assert redis["error"] == "L2 is off: AUDIT_CACHE__KEY is not set" and redis["action"] == health.CACHE_KEY_MISSING
+    assert "fix: set AUDIT_CACHE__KEY" in text
+    code, text, report = cli_health({**env, "AUDIT_CACHE__KEY": "11" * 32})  # with a key, L2 runs on that Redis
+    assert report["components"]["redis"]["healthy"] and report["components"]["redis"]["details"]["l2"] is True
+
+
 def test_replica_lag_over_the_bound_recommends_checking_replication(fresh_database: str, servers: Any) -> None:
     if not servers.replica_urls:
         pytest.skip("no replica: AUDIT_TEST_DATABASE_URL is set without AUDIT_TEST_REPLICA_URLS")
