@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from audit_db_core.errors import ConfigurationError, redact
+from audit_db_core.redis_client import SENTINEL_SCHEME, SentinelURL
 
 ENV_PREFIX = "AUDIT_"
 
@@ -640,7 +641,7 @@ def _is_b64_key(text: str) -> bool:
 
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
 
 
 class AuditSettings(BaseSettings):
@@ -657,9 +658,11 @@ class AuditSettings(BaseSettings):
 
     database_url: SecretStr = Field(description="primary PostgreSQL, postgresql://user:password@host:port/db")
     replica_urls: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="read replicas, comma-separated (or a JSON list); each may be a libpq multi-host URL"
+        default_factory=list, description="read replicas, comma-separated or a JSON list (libpq multi-host URLs too)"
     )
-    redis_url: SecretStr | None = Field(default=None, description="Redis for the L2 query cache; unset = L1 only")
+    redis_url: SecretStr | None = Field(
+        default=None, description="Redis for the L2 query cache (redis+sentinel:// for a Sentinel group); unset = L1 only"
+    )
     application_name: str = Field(default="audit-db-core", min_length=1, max_length=63)
 
     pool: PoolSettings = PoolSettings()
@@ -871,6 +874,9 @@ def _check_pg_url(url: str) -> None:
 def _check_redis_url(url: str) -> None:
     from urllib.parse import urlsplit
 
+    if url.startswith(SENTINEL_SCHEME):
+        SentinelURL.parse(url)
+        return
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a port that is not a number (its message quotes it: not passed on)
