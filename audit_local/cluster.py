@@ -202,10 +202,6 @@ class _Node:
     def config(self) -> Path:
         return self.directory / "patroni.yml"
 
-    @property
-    def log(self) -> Path:
-        return self.directory / "patroni.log"
-
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://{PG_ROLE}@{HOST}:{self.pg_port}/{dbname}"
 
