@@ -661,7 +661,7 @@ class AuditSettings(BaseSettings):
         default_factory=list, description="read replicas, comma-separated or a JSON list (libpq multi-host URLs too)"
     )
     redis_url: SecretStr | None = Field(
-        default=None, description="Redis for the L2 query cache (redis+sentinel:// for a Sentinel group); unset = L1 only"
+        default=None, description="Redis for the L2 query cache (or redis+sentinel:// Sentinels); unset = L1 only"
     )
     application_name: str = Field(default="audit-db-core", min_length=1, max_length=63)
 

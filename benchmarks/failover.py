@@ -27,7 +27,7 @@ Exit status: 2 when an acknowledged event is missing or duplicated in synchronou
 
 Run it from the repository root (needs the HA lane's packages: see ``audit_local.cluster``)::
 
-    python benchmarks/failover.py                         # every drill, ~2 min
+    python benchmarks/failover.py                         # every drill, about 2.5 minutes
     python benchmarks/failover.py --drills leader_crash --output /tmp/failover.json
 """
 
