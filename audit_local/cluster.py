@@ -526,7 +526,7 @@ class PatroniCluster:
             "etcd3": {"hosts": [f"{HOST}:{self._etcd_port}"]},
             "bootstrap": {
                 "dcs": dcs,
-                "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, {"username": PG_ROLE}],
+                "initdb": [{"encoding": "UTF8"}, {"locale": "C"}],  # Patroni adds --username (the superuser)
             },
             "postgresql": {
                 "listen": f"{HOST}:{node.pg_port}",

@@ -68,15 +68,28 @@ def test_replica_lost_fails_no_read(cluster: PatroniCluster) -> None:
     _assert_acknowledged_exactly_once(result)
 
 
+@pytest.fixture(scope="module")
+def switchover(ha_cluster: PatroniCluster) -> dict[str, Any]:
+    """One switchover drill, its figures shared by the tests below."""
+    ha_cluster.ensure_healthy()
+    result = run_drill(ha_cluster, HA_DATABASE, "switchover", OPTIONS)
+    _show(result)
+    return result
+
+
+def test_switchover_through_patroni_writes_go_on_on_the_new_leader(
+    ha_cluster: PatroniCluster, switchover: dict[str, Any]
+) -> None:
+    assert switchover["leader_after"] != switchover["leader_before"]
+    _assert_writes_resumed_on(ha_cluster, switchover, switchover["leader_after"])
+    _assert_acknowledged_exactly_once(switchover)
+
+
 @pytest.mark.xfail(
     reason="issue #15 items 0-1 (in progress elsewhere): while the primary's breaker is open after the switch, the "
     "replica monitor cannot measure lag and eventual reads fall to the primary and fail",
     strict=False,
 )
-def test_switchover_through_patroni_fails_no_read_and_writes_go_on(cluster: PatroniCluster) -> None:
-    result = run_drill(cluster, HA_DATABASE, "switchover", OPTIONS)
-    _show(result)
-    assert result["leader_after"] != result["leader_before"]
-    assert result["reads"]["failed"] == 0, result["reads"]
-    _assert_writes_resumed_on(cluster, result, result["leader_after"])
-    _assert_acknowledged_exactly_once(result)
+def test_switchover_through_patroni_fails_no_read(switchover: dict[str, Any]) -> None:
+    assert switchover["reads"]["ok"] > 0
+    assert switchover["reads"]["failed"] == 0, switchover["reads"]
