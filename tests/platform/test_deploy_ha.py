@@ -10,6 +10,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import yaml
 
+from tests.platform import test_deploy_files as plain
 from tests.platform.test_deploy_files import REPO, SECRETS, resolve_compose
 
 HA_ENV_EXAMPLE = REPO / "docker" / "env.ha.example"
@@ -34,6 +35,13 @@ def test_the_ha_services_run_only_with_the_profile(ha_compose: dict[str, Any]) -
     assert {"etcd", *NODES} <= set(ha_compose["services"])
     for name in ("etcd", *NODES):
         assert ha_compose["services"][name].get("profiles") == ["ha"]
+
+
+def test_with_the_profile_every_dependency_exists_waits_for_health_and_every_volume_is_declared(
+    ha_compose: dict[str, Any],
+) -> None:
+    plain.test_compose_dependencies_exist_and_wait_for_health(ha_compose)
+    plain.test_compose_services_have_healthchecks_and_declared_volumes(ha_compose)
 
 
 def test_three_patroni_nodes_of_one_image_wait_for_etcd_with_their_own_data(ha_compose: dict[str, Any]) -> None:
