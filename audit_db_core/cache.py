@@ -80,6 +80,7 @@ from audit_db_core.cache_seal import CacheSeal
 from audit_db_core.cache_seal import Refused as _Refused
 from audit_db_core.config import AuditSettings
 from audit_db_core.errors import CacheError, redact
+from audit_db_core.redis_client import redis_client
 
 logger = logging.getLogger("audit_db_core.cache")
 
@@ -281,21 +282,16 @@ class QueryCache:
                            self.l2_off_reason)
         if not self.enabled or not self.redis_configured or self._redis is not None:
             return self
-        import redis
-
         timeout = self.settings.cache.redis_timeout_seconds
         assert self.settings.redis_url is not None
-        # A blocking pool: more threads than connections wait (up to the timeout) instead of being refused.
-        pool = redis.BlockingConnectionPool.from_url(
+        # A blocking pool: more threads than connections wait (up to the timeout) instead of being refused. One
+        # server, or the master of a Sentinel group (redis+sentinel://), found again after a Sentinel failover.
+        self._redis = redis_client(
             self.settings.redis_url.get_secret_value(),
-            max_connections=self.settings.cache.redis_max_connections,
             timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry_on_timeout=False,
+            max_connections=self.settings.cache.redis_max_connections,
             health_check_interval=30,
         )
-        self._redis = redis.Redis(connection_pool=pool)
         self._bump = self._redis.register_script(_BUMP)
         self._repair = self._redis.register_script(_REPAIR)
         self._stop.clear()

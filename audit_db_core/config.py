@@ -17,7 +17,7 @@ import datetime as dt
 import functools
 import json
 import re
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 import pydantic
 from pydantic_core import core_schema
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, m
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from audit_db_core.errors import ConfigurationError, redact
+from audit_db_core.redis_client import SENTINEL_SCHEME, SentinelURL
 
 ENV_PREFIX = "AUDIT_"
 
@@ -109,8 +110,18 @@ class Period:
         return self.months * 30.436875 + self.days
 
 
-def split_list(value: Any, what: str) -> list[Any] | tuple[Any, ...]:
-    """A list setting from the environment: comma-separated text or a JSON list (a list given in code passes)."""
+#: Between URLs of a comma-separated list: a comma followed by a scheme. The commas of a libpq multi-host URL
+#: (``postgresql://u@h1:5432,h2:5432/db``) are followed by a host, so such a URL stays whole.
+URL_SEPARATOR: Final = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
+
+
+def split_list(value: Any, what: str, separator: re.Pattern[str] | None = None) -> list[Any] | tuple[Any, ...]:
+    """A list setting from the environment: comma-separated text (``separator`` splits it when given) or a JSON
+    list (a list given in code passes).
+
+    >>> split_list("postgresql://a@h1:1,h2:2/db, postgresql://b@h3/db", "URLs", URL_SEPARATOR)
+    ['postgresql://a@h1:1,h2:2/db', 'postgresql://b@h3/db']
+    """
     if isinstance(value, str):
         text = value.strip()
         if text.startswith("["):
@@ -119,7 +130,8 @@ def split_list(value: Any, what: str) -> list[Any] | tuple[Any, ...]:
             except json.JSONDecodeError as exc:
                 raise ValueError(f"not a valid JSON list of {what}") from exc
         else:
-            value = [part.strip() for part in text.split(",") if part.strip()]
+            parts = separator.split(text) if separator is not None else text.split(",")
+            value = [part.strip() for part in parts if part.strip()]
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"expected {what}, comma-separated or as a JSON list")
     return value
@@ -629,7 +641,7 @@ def _is_b64_key(text: str) -> bool:
 
 
 _PG_SCHEMES = ("postgresql://", "postgres://")
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://", SENTINEL_SCHEME)
 
 
 class AuditSettings(BaseSettings):
@@ -646,9 +658,11 @@ class AuditSettings(BaseSettings):
 
     database_url: SecretStr = Field(description="primary PostgreSQL, postgresql://user:password@host:port/db")
     replica_urls: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="read replicas, comma-separated (or a JSON list)"
+        default_factory=list, description="read replicas, comma-separated or a JSON list (libpq multi-host URLs too)"
     )
-    redis_url: SecretStr | None = Field(default=None, description="Redis for the L2 query cache; unset = L1 only")
+    redis_url: SecretStr | None = Field(
+        default=None, description="Redis for the L2 query cache (or redis+sentinel:// Sentinels); unset = L1 only"
+    )
     application_name: str = Field(default="audit-db-core", min_length=1, max_length=63)
 
     pool: PoolSettings = PoolSettings()
@@ -689,7 +703,7 @@ class AuditSettings(BaseSettings):
     @field_validator("replica_urls", mode="before")
     @classmethod
     def _split_replicas(cls, value: Any) -> Any:
-        return split_list(value, "URLs")
+        return split_list(value, "URLs", URL_SEPARATOR)
 
     @field_validator("replica_urls")
     @classmethod
@@ -860,6 +874,9 @@ def _check_pg_url(url: str) -> None:
 def _check_redis_url(url: str) -> None:
     from urllib.parse import urlsplit
 
+    if url.startswith(SENTINEL_SCHEME):
+        SentinelURL.parse(url)
+        return
     try:
         parts = urlsplit(url)
         port = parts.port  # raises on a port that is not a number (its message quotes it: not passed on)

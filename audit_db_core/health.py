@@ -24,6 +24,7 @@ from audit_db_core import telemetry
 from audit_db_core.config import AuditSettings
 from audit_db_core.errors import redact
 from audit_db_core.migrate import SCHEMA_VERSION
+from audit_db_core.redis_client import redis_client
 
 
 class HealthSources(Protocol):
@@ -127,13 +128,7 @@ def redis_status(settings: AuditSettings) -> RedisStatus:
     """
     if settings.redis_url is None:
         return RedisStatus(configured=False, reachable=None, latency_ms=None, url=None)
-    import redis
-
-    timeout = settings.cache.redis_timeout_seconds
-    client = redis.Redis.from_url(
-        settings.redis_url.get_secret_value(), socket_timeout=timeout, socket_connect_timeout=timeout,
-        retry_on_timeout=False,
-    )
+    client = redis_client(settings.redis_url.get_secret_value(), timeout=settings.cache.redis_timeout_seconds)
     started = time.perf_counter()
     try:
         client.ping()

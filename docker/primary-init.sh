@@ -30,6 +30,10 @@ export OWNER_PG_PASSWORD MAINTAINER_PG_PASSWORD WRITER_PG_PASSWORD READER_PG_PAS
 
 psql -v ON_ERROR_STOP=1 --no-psqlrc --username "$POSTGRES_USER" --dbname postgres --file "$INIT_SQL"
 
+# Under Patroni (the `ha` profile), Patroni owns pg_hba.conf (docker/patroni/patroni.yml): nothing to add here.
+if [ "${AUDIT_HBA_FROM_PATRONI:-false}" = true ]; then
+  exit 0
+fi
 # The image's pg_hba.conf ends with "host all all all scram-sha-256" (loopback is trusted above it). Before that
 # line: the superuser may not log in from the network at all, and the replication role may stream ("all" does not
 # match replication connections). Lines already there (the script run again) are not added twice.

@@ -37,6 +37,23 @@ _PRIVATE_BASETEMP: str | None = None
 TEST_CACHE_KEY = "7e57" * 16
 
 
+_HA_LANE = Path(__file__).resolve().parent / "ha"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--ha", action="store_true", default=False,
+        help="also collect tests/ha: a real 3-node Patroni cluster (needs etcd and Patroni: .ci/run installs them)",
+    )
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """``tests/ha`` needs packages the README's test command does not install: collected only with ``--ha``."""
+    if collection_path == _HA_LANE and not config.getoption("--ha"):
+        return True
+    return None
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """A private basetemp (unless one is given): pytest's shared /tmp/pytest-of-<user> is reset to 0700 by every
     new session, which would lock the unprivileged PostgreSQL user of another running session out of its data."""
