@@ -200,7 +200,8 @@ class CircuitBreaker:
             self._counts["failures"] += 1
             if exc is not None:
                 self._last_failure = server_message(exc).splitlines()[0][:300]  # it is logged and shared
-                self._unreachable = isinstance(exc, AuditError) and exc.category is ErrorCategory.CONNECTION
+                self._unreachable = isinstance(exc, ConnectionError) or (
+                    isinstance(exc, AuditError) and exc.category is ErrorCategory.CONNECTION)
             if self._state is BreakerState.HALF_OPEN:
                 self._move(BreakerState.OPEN)
                 return

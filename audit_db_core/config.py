@@ -403,8 +403,8 @@ class IngestSettings(_Section):
         description="PostgreSQL's synchronous_commit for the library's sessions (AUDIT_INGEST__SYNCHRONOUS_COMMIT); "
         "unset = the server's own setting. With synchronous_standby_names set on the primary (or Patroni's "
         "synchronous_mode), 'on' or 'remote_apply' acknowledge a write only once a standby has it: an acknowledged "
-        "write survives the loss of the primary, at the cost of a round trip to the standby per commit "
-        "(docs/guides/reads-and-failures.md#zero-acknowledged-loss). 'off' is refused: it may lose acknowledged "
+        "write survives the loss of the primary, at the cost of a wait for the standby per commit (see "
+        "docs/guides/reads-and-failures.md, Zero acknowledged loss). 'off' is refused: it may lose acknowledged "
         "writes in a crash",
     )
 
@@ -698,6 +698,9 @@ class AuditSettings(BaseSettings):
     @field_validator("replica_urls", mode="before")
     @classmethod
     def _split_replicas(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            # A comma starts a new URL only before a scheme: a multi-host URL's hosts (h1:5432,h2:5432) stay one.
+            return [part.strip() for part in _URL_START.split(value.strip()) if part.strip()]
         return split_list(value, "URLs")
 
     @field_validator("replica_urls")
@@ -823,6 +826,7 @@ def _check_url(url: str, schemes: tuple[str, ...]) -> None:
         _check_redis_url(url)
 
 
+_URL_START = re.compile(r",\s*(?=[A-Za-z][A-Za-z0-9+.-]*://)")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _ENCODE_HINT = "percent-encode '@', '/', ':', '?' and '#' in the user name and password (%40, %2F, %3A, %3F, %23)"
 #: libpq's complaints about a URL it cannot parse, as reasons that do not quote the URL back.

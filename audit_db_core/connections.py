@@ -37,14 +37,17 @@ def connect_kwargs(settings: AuditSettings) -> dict[str, Any]:
     name, and ``TimeZone=UTC`` — the library's times are UTC, psycopg then hands ``timestamptz`` values out in UTC
     with no conversion per value, and the library's SQL names its time zone wherever one matters; and
     ``synchronous_commit`` when ``AUDIT_INGEST__SYNCHRONOUS_COMMIT`` sets it (else the server's setting holds)."""
-    options = f"-c statement_timeout={settings.pool.statement_timeout_ms} -c TimeZone=UTC"
-    if settings.ingest.synchronous_commit is not None:
-        options += f" -c synchronous_commit={settings.ingest.synchronous_commit}"
+    options = f"-c statement_timeout={settings.pool.statement_timeout_ms} -c TimeZone=UTC" + _synchronous(settings)
     return {
         "connect_timeout": settings.pool.connect_timeout_seconds,
         "application_name": settings.application_name,
         "options": options,
     }
+
+
+def _synchronous(settings: AuditSettings) -> str:
+    mode = settings.ingest.synchronous_commit
+    return "" if mode is None else f" -c synchronous_commit={mode}"
 
 
 @dataclass(frozen=True)
@@ -413,7 +416,7 @@ class ConnectionManager:
         """A connection of its own, outside the pool and without a statement timeout, for long lifecycle work
         (archive exports, REINDEX CONCURRENTLY) whose session settings must not leak into pooled connections."""
         kwargs = connect_kwargs(self.settings)
-        kwargs["options"] = "-c statement_timeout=0"
+        kwargs["options"] = "-c statement_timeout=0" + _synchronous(self.settings)
         try:
             conn = psycopg.connect(self.settings.database_url.get_secret_value(), autocommit=autocommit, **kwargs)
         except psycopg.Error as exc:

@@ -148,8 +148,11 @@ def redis_status(settings: AuditSettings) -> RedisStatus:
 
 # -- recovery recommendations: the action that fixes each finding (the observability guide lists them) -------------
 
-PRIMARY_DOWN = ("start PostgreSQL or fix AUDIT_DATABASE_URL (host, port, credentials); writes fail until the "
-                "primary answers, nothing is buffered: callers re-send (insert and insert_many are idempotent)")
+PRIMARY_DOWN = ("start PostgreSQL or fix AUDIT_DATABASE_URL (host, port, credentials), or in a cluster promote a "
+                "standby: with every node in a multi-host AUDIT_DATABASE_URL (target_session_attrs=read-write) the "
+                "library finds the new primary by itself; writes fail until a primary answers, nothing is buffered: "
+                "callers re-send (insert and insert_many are idempotent); replicas that answer keep serving "
+                "eventual reads")
 PRIMARY_IN_RECOVERY = ("AUDIT_DATABASE_URL points at a standby: point it at the primary (after a failover, the "
                        "promoted server)")
 SCHEMA_BEHIND = "run `audit-platform migrate` (idempotent) with the owner's login"
@@ -325,6 +328,7 @@ def breaker_action(name: str, stats: dict[str, Any]) -> str:
     """What an open (or half-open) breaker of ``name`` means and what closes it."""
     after = f"it lets a trial call through {stats.get('retry_after_seconds', 0)} s from now"
     if name == "primary":
+        after += ", or as soon as a probe finds a primary answering"
         return f"primary: writes fail fast with CircuitOpenError until the primary answers ({after}); {PRIMARY_DOWN}"
     if name.startswith("replica"):
         return f"{name}: reads skip it and go to the primary ({after}); {REPLICA_DOWN}"
