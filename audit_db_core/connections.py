@@ -66,6 +66,9 @@ class ReplicaStatus:
 
     ``is_primary``: the URL reaches the very server ``AUDIT_DATABASE_URL`` writes to (same host and port): a
     replica that was promoted, or a cluster node listed among the replica URLs that is the primary now.
+    ``promoted``: while the primary is unreachable, a server this process last measured as a standby is no
+    longer in recovery — it was promoted, holds every commit it replayed and takes writes now: it serves reads
+    (staleness 0) until ``AUDIT_DATABASE_URL`` reaches it, when it is ``is_primary`` and leaves the rotation.
     """
 
     name: str  # replica-0, replica-1, … in AUDIT_REPLICA_URLS order
@@ -81,13 +84,14 @@ class ReplicaStatus:
     replay_lsn: int | None = None  # pg_last_wal_replay_lsn() as a byte position (read-your-writes compares it)
     primary_reachable: bool = True
     is_primary: bool = False
+    promoted: bool = False
 
     @property
     def healthy(self) -> bool:
         """Reachable, a standby, and within both lag bounds (while the primary is unreachable: reachable and a
         standby)."""
         if not self.primary_reachable:
-            return self.reachable and self.in_recovery is True
+            return self.reachable and (self.in_recovery is True or self.promoted)
         return (
             self.reachable
             and self.in_recovery is True
@@ -104,6 +108,8 @@ class ReplicaStatus:
             return f"unreachable: {self.error}"
         if self.is_primary:
             return "it is the primary (AUDIT_DATABASE_URL reaches it): not a replica, out of the read rotation"
+        if self.promoted:
+            return None  # serves reads until the primary's URL reaches it
         if self.in_recovery is not True:
             return "not a standby (pg_is_in_recovery() is false): it does not replicate the primary"
         if not self.primary_reachable:
@@ -181,6 +187,7 @@ class ConnectionManager:
         self._acquires: dict[str, dict[str, float]] = {}
         self._server_closed: dict[str, float] = {}  # per pool: when a lent connection was last found closed
         self._caught_up_at: dict[int, float] = {}  # per replica: when a measurement last found it fully replayed
+        self._standbys: set[int] = set()  # replicas last measured as standbys while the primary answered
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -505,7 +512,7 @@ class ConnectionManager:
             lag_seconds: float | None = None
             replay_lsn: int | None = None
             error: str | None = primary_error
-            is_primary = False
+            is_primary = promoted = False
             try:
                 with psycopg.connect(url.get_secret_value(), **connect_kwargs(self.settings)) as conn:
                     is_primary = primary_at == (conn.info.host, str(conn.info.port))
@@ -515,6 +522,9 @@ class ConnectionManager:
                             in_recovery = bool(row[0])
                             replay_lsn = None if row[2] is None else int(row[2])
                             lag_seconds = self._staleness(i, None if row[1] is None else max(float(row[1]), 0.0))
+                            promoted = not in_recovery and i in self._standbys
+                            if promoted:
+                                lag_seconds, error = 0.0, None
                             if in_recovery:
                                 error = None if lag_seconds is not None else (
                                     "the primary is unreachable and the replica has replayed no transaction since"
@@ -528,6 +538,10 @@ class ConnectionManager:
                             replay_lsn = None if row[3] is None else int(row[3])
                             if in_recovery and lag_bytes == 0:  # it held every commit made before asked_at
                                 self._caught_up_at[i] = asked_at
+                            if in_recovery:
+                                self._standbys.add(i)
+                            else:
+                                self._standbys.discard(i)
                             if in_recovery and lag_seconds is None:
                                 error = "no transaction replayed since the replica started: lag in seconds unknown"
                 reachable = True
@@ -538,6 +552,7 @@ class ConnectionManager:
                 lag_bytes=lag_bytes, lag_seconds=lag_seconds, max_lag_bytes=bounds.max_lag_bytes,
                 max_lag_seconds=bounds.max_lag_seconds, latency_ms=round((time.perf_counter() - started) * 1000, 3),
                 error=error, replay_lsn=replay_lsn, primary_reachable=primary_lsn is not None, is_primary=is_primary,
+                promoted=promoted,
             ))
         return out
 

@@ -124,10 +124,16 @@ class ReplicaRouter:
             logger.exception("replica measurement failed")
             return []
         now = time.monotonic()
+        reachable = all(s.primary_reachable for s in statuses)
+        if reachable and not self._primary_reachable:
+            # This measurement read the primary's position (after a failover, on the promoted server): a successful
+            # call, so its breaker closes now — before a promoted replica leaves the rotation for it.
+            breaker = self.breakers.get("primary")
+            if breaker.answered():
+                breaker.record_success()
         with self._lock:
-            primary_was = self._primary_reachable
-            self._primary_reachable = all(s.primary_reachable for s in statuses)
-            if primary_was != self._primary_reachable:
+            primary_was, self._primary_reachable = self._primary_reachable, reachable
+            if primary_was != reachable:
                 self._log_primary(statuses)
             for i, status in enumerate(statuses):
                 view = self._views[i]
@@ -245,7 +251,8 @@ class ReplicaRouter:
                     "lag_seconds": s.lag_seconds if s else None,
                     "replay_lsn": s.replay_lsn if s else None,
                     "role": None if s is None or not s.reachable else
-                    "primary" if s.is_primary else "standby" if s.in_recovery else "not a standby",
+                    "primary" if s.is_primary else "promoted" if s.promoted else
+                    "standby" if s.in_recovery else "not a standby",
                     "problem": ("a read failed; waiting for a healthy measurement" if view.failed_at else
                                 (s.problem if s else "not measured yet")),
                 }

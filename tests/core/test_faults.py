@@ -383,8 +383,9 @@ def both_hosts(primary_url: str, replica_url: str) -> str:
 
 def test_writes_follow_a_promoted_replica(promotable_servers: tuple[LocalServers, LocalEndpoints]) -> None:
     """Synchronous replication, writers through a URL naming both hosts; kill the primary, promote the replica:
-    writes resume through the same AuditDatabase, no acknowledged write is lost or doubled, and the promoted server
-    leaves the read rotation (the old primary's URL, listed as a candidate replica, never joins it while down)."""
+    writes resume through the same AuditDatabase, no acknowledged write is lost or doubled, no eventual read fails,
+    and the promoted server leaves the read rotation once the primary's URL reaches it (the old primary's URL, listed
+    as a candidate replica, never joins it while down)."""
     servers, ep = promotable_servers
     servers.synchronous()
     url = both_hosts(ep.database_url, ep.replica_urls[0])
@@ -433,8 +434,9 @@ def test_writes_follow_a_promoted_replica(promotable_servers: tuple[LocalServers
             assert wait_for(lambda: sum(t > promoted_at for t, _ in acknowledged) >= 40)
             time.sleep(0.5)
             breaker = db.breakers.stats()["primary"]
-        print(f"\npromotion → first acknowledged write through the same AuditDatabase: {first_write:.3f} s"
-              f" ({len(read_errors)} eventual read(s) failed meanwhile)")
+        print(f"\npromotion → first acknowledged write through the same AuditDatabase: {first_write:.3f} s")
+        # reads went on throughout: the replica, the promoted node, then the new primary
+        assert read_errors == [], [str(e) for e in read_errors[:3]]
         assert db.router.in_rotation() == []  # the promoted server is no replica; the old primary is down
         after = [source for t, source in reads if t > left_at + 0.5]
         assert after and set(after) == {"primary"}  # no read sent to it as a replica any more
