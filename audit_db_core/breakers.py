@@ -82,8 +82,10 @@ class CircuitBreaker:
         self._opened_at = 0.0
         self._trials: deque[float] = deque()  # when each trial call let through while half-open was admitted
         self._transitions: dict[str, int] = {}
-        self._counts = {"calls": 0, "successes": 0, "failures": 0, "rejected": 0, "trials_expired": 0}
+        self._counts = {"calls": 0, "successes": 0, "failures": 0, "rejected": 0, "trials_expired": 0,
+                        "probes_answered": 0}
         self._last_failure: str | None = None
+        self._unreachable = False  # the last failure was a connection failure (not a timeout): see answered()
 
     # -- state ---------------------------------------------------------------------------------------------------
 
@@ -175,10 +177,16 @@ class CircuitBreaker:
             self._counts["rejected"] += 1
             return False
 
-    def check(self, *, operation: str | None = None) -> None:
-        """:meth:`allow`, raising :class:`CircuitOpenError` when the call may not go ahead."""
-        if not self.allow():
-            raise CircuitOpenError(self.name, self.retry_after(), operation=operation)
+    def check(self, *, operation: str | None = None, probe: Callable[[], bool] | None = None) -> None:
+        """:meth:`allow`, raising :class:`CircuitOpenError` when the call may not go ahead. With ``probe`` (a cheap,
+        rate-limited check that the component answers), an open breaker whose probe succeeds turns half-open at
+        once (:meth:`answered`) and this call may be its trial."""
+        if self.allow():
+            return
+        if probe is not None and self._unreachable and self.state is BreakerState.OPEN and probe() \
+                and self.answered() and self.allow():
+            return
+        raise CircuitOpenError(self.name, self.retry_after(), operation=operation)
 
     def record_success(self) -> None:
         with self._lock:
@@ -192,6 +200,8 @@ class CircuitBreaker:
             self._counts["failures"] += 1
             if exc is not None:
                 self._last_failure = server_message(exc).splitlines()[0][:300]  # it is logged and shared
+                self._unreachable = isinstance(exc, ConnectionError) or (
+                    isinstance(exc, AuditError) and exc.category is ErrorCategory.CONNECTION)
             if self._state is BreakerState.HALF_OPEN:
                 self._move(BreakerState.OPEN)
                 return
@@ -203,6 +213,21 @@ class CircuitBreaker:
                 self._failures.popleft()
             if len(self._failures) >= self.settings.failure_threshold:
                 self._move(BreakerState.OPEN)
+
+    def answered(self) -> bool:
+        """A probe outside the calls (a fresh connection) found the component answering: an open breaker turns
+        half-open at once, ending its open period early, and the next call is its trial (one success closes it).
+        Returns whether the breaker admits calls now. The primary's breaker is told so when a primary answers
+        again — after a failover, the promoted server — instead of waiting out ``reset_timeout_seconds``.
+
+        Only a breaker opened by connection failures (the server did not answer) ends early: one opened by timeouts
+        faces a server that answers a connection but not the work, and waits out its reset timeout as before."""
+        with self._lock:
+            self._advance()
+            if self._state is BreakerState.OPEN and self._unreachable:
+                self._counts["probes_answered"] += 1
+                self._move(BreakerState.HALF_OPEN)
+            return self._state is not BreakerState.OPEN
 
     def record(self, exc: BaseException | None) -> None:
         """Record the outcome of an admitted call: success when ``exc`` is None or not a component failure."""

@@ -410,6 +410,15 @@ class RetrySettings(_Section):
 
 class IngestSettings(_Section):
     batch_size: int = Field(default=5000, ge=1, le=1_000_000, description="events per COPY batch (one transaction)")
+    synchronous_commit: Literal["local", "remote_write", "on", "remote_apply"] | None = Field(
+        default=None,
+        description="PostgreSQL's synchronous_commit for the library's sessions (AUDIT_INGEST__SYNCHRONOUS_COMMIT); "
+        "unset = the server's own setting. With synchronous_standby_names set on the primary (or Patroni's "
+        "synchronous_mode), 'on' or 'remote_apply' acknowledge a write only once a standby has it: an acknowledged "
+        "write survives the loss of the primary, at the cost of a wait for the standby per commit (see "
+        "docs/guides/reads-and-failures.md, Zero acknowledged loss). 'off' is refused: it may lose acknowledged "
+        "writes in a crash",
+    )
 
 
 class TelemetrySettings(_Section):

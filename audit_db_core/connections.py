@@ -35,13 +35,19 @@ logger = logging.getLogger("audit_db_core.connections")
 def connect_kwargs(settings: AuditSettings) -> dict[str, Any]:
     """Options the library's connections get (a dedicated connection replaces ``options``): timeouts, application
     name, and ``TimeZone=UTC`` — the library's times are UTC, psycopg then hands ``timestamptz`` values out in UTC
-    with no conversion per value, and the library's SQL names its time zone wherever one matters."""
-    options = f"-c statement_timeout={settings.pool.statement_timeout_ms} -c TimeZone=UTC"
+    with no conversion per value, and the library's SQL names its time zone wherever one matters; and
+    ``synchronous_commit`` when ``AUDIT_INGEST__SYNCHRONOUS_COMMIT`` sets it (else the server's setting holds)."""
+    options = f"-c statement_timeout={settings.pool.statement_timeout_ms} -c TimeZone=UTC" + _synchronous(settings)
     return {
         "connect_timeout": settings.pool.connect_timeout_seconds,
         "application_name": settings.application_name,
         "options": options,
     }
+
+
+def _synchronous(settings: AuditSettings) -> str:
+    mode = settings.ingest.synchronous_commit
+    return "" if mode is None else f" -c synchronous_commit={mode}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,18 @@ class ReplicaStatus:
     ``lag_bytes``: WAL the replica has still to replay, ``pg_wal_lsn_diff(primary's pg_current_wal_lsn(),
     replica's pg_last_wal_replay_lsn())``. ``lag_seconds``: ``now() - pg_last_xact_replay_timestamp()`` on the
     replica while WAL is pending, 0 when none is. Both are ``None`` when they could not be measured.
+
+    While the primary is unreachable (``primary_reachable`` false) there is nothing to compare with: ``lag_bytes``
+    is ``None`` and ``lag_seconds`` is the replica's *staleness* — how long ago the replica was last known to hold
+    every commit: the younger of its last replayed commit (``now() - pg_last_xact_replay_timestamp()``) and the last
+    time this process saw the primary with the replica fully replayed. A standby that answers is then healthy
+    whatever its staleness: it is the only server left to read from (``bounded`` reads still check the bound).
+
+    ``is_primary``: the URL reaches the very server ``AUDIT_DATABASE_URL`` writes to (same host and port): a
+    replica that was promoted, or a cluster node listed among the replica URLs that is the primary now.
+    ``promoted``: while the primary is unreachable, a server this process last measured as a standby is no
+    longer in recovery — it was promoted, holds every commit it replayed and takes writes now: it serves reads
+    (staleness 0) until ``AUDIT_DATABASE_URL`` reaches it, when it is ``is_primary`` and leaves the rotation.
     """
 
     name: str  # replica-0, replica-1, … in AUDIT_REPLICA_URLS order
@@ -64,10 +82,16 @@ class ReplicaStatus:
     latency_ms: float
     error: str | None = None
     replay_lsn: int | None = None  # pg_last_wal_replay_lsn() as a byte position (read-your-writes compares it)
+    primary_reachable: bool = True
+    is_primary: bool = False
+    promoted: bool = False
 
     @property
     def healthy(self) -> bool:
-        """Reachable, a standby, and within both lag bounds."""
+        """Reachable, a standby, and within both lag bounds (while the primary is unreachable: reachable and a
+        standby)."""
+        if not self.primary_reachable:
+            return self.reachable and (self.in_recovery is True or self.promoted)
         return (
             self.reachable
             and self.in_recovery is True
@@ -82,8 +106,14 @@ class ReplicaStatus:
         """Why it is not healthy, in one line (``None`` when it is)."""
         if not self.reachable:
             return f"unreachable: {self.error}"
+        if self.is_primary:
+            return "it is the primary (AUDIT_DATABASE_URL reaches it): not a replica, out of the read rotation"
+        if self.promoted:
+            return None  # serves reads until the primary's URL reaches it
         if self.in_recovery is not True:
             return "not a standby (pg_is_in_recovery() is false): it does not replicate the primary"
+        if not self.primary_reachable:
+            return None  # serves reads on its own; health reports the primary's outage
         if self.lag_bytes is None or self.lag_seconds is None:
             return self.error or "replay lag could not be measured"
         if self.lag_bytes > self.max_lag_bytes:
@@ -103,6 +133,12 @@ _REPLICA_LAG = (
     " CASE WHEN NOT pg_is_in_recovery() THEN NULL"
     "      WHEN pg_wal_lsn_diff(%(primary)s::pg_lsn, pg_last_wal_replay_lsn()) <= 0 THEN 0"
     "      ELSE extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8 END,"
+    " (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"
+)
+
+#: A replica measured while the primary is unreachable: standby or not, age of its last replayed commit, position.
+_REPLICA_ALONE = (
+    "SELECT pg_is_in_recovery(), extract(epoch FROM now() - pg_last_xact_replay_timestamp())::float8,"
     " (pg_last_wal_replay_lsn() - '0/0'::pg_lsn)::bigint"
 )
 
@@ -150,6 +186,8 @@ class ConnectionManager:
         self._counters_lock = threading.Lock()
         self._acquires: dict[str, dict[str, float]] = {}
         self._server_closed: dict[str, float] = {}  # per pool: when a lent connection was last found closed
+        self._caught_up_at: dict[int, float] = {}  # per replica: when a measurement last found it fully replayed
+        self._standbys: set[int] = set()  # replicas last measured as standbys while the primary answered
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -339,14 +377,23 @@ class ConnectionManager:
             c["wait_ms"] += waited
             c["max_wait_ms"] = max(c["max_wait_ms"], waited)
 
-    def _primary_down(self) -> str | None:
+    def primary_answers(self) -> bool:
+        """Whether a primary accepts connections now, by :meth:`_primary_down`'s probe (at most one a second) — with
+        a multi-host ``AUDIT_DATABASE_URL`` and ``target_session_attrs=read-write``, whichever host is the primary
+        now. Never waits for another caller's probe: while one is under way, its last answer counts."""
+        return self._primary_down(wait=False) is None
+
+    def _primary_down(self, *, wait: bool = True) -> str | None:
         """``None`` when the primary accepts connections, else why not. Probes at most once a second (one caller
-        probes, the others wait for its answer); "too many connections" counts as up: the server is busy, not down.
+        probes, the others wait for its answer, or take the last one without ``wait``); "too many connections"
+        counts as up: the server is busy, not down.
 
         The connection attempt is made with no lock held: ``pool_stats()`` and callers that need no probe are never
         held up by a server that is slow to answer."""
         connect_timeout = min(2, self.settings.pool.connect_timeout_seconds)
         with self._probe_lock:
+            if self._probe_running and not wait:
+                return self._probe_result if self._probe_at > float("-inf") else "not probed yet"
             if self._probe_running:  # another caller is asking the server: take its answer
                 self._probe_lock.wait_for(lambda: not self._probe_running, timeout=connect_timeout + 1.0)
                 return self._probe_result
@@ -376,7 +423,7 @@ class ConnectionManager:
         """A connection of its own, outside the pool and without a statement timeout, for long lifecycle work
         (archive exports, REINDEX CONCURRENTLY) whose session settings must not leak into pooled connections."""
         kwargs = connect_kwargs(self.settings)
-        kwargs["options"] = "-c statement_timeout=0"
+        kwargs["options"] = "-c statement_timeout=0" + _synchronous(self.settings)
         try:
             conn = psycopg.connect(self.settings.database_url.get_secret_value(), autocommit=autocommit, **kwargs)
         except psycopg.Error as exc:
@@ -441,14 +488,18 @@ class ConnectionManager:
         bounds = self.settings.replicas
         primary_lsn: str | None = None
         primary_error: str | None = None
+        primary_at: tuple[str, str] | None = None
+        asked_at = time.monotonic()  # every commit before this instant is at or before the position read
         try:
             if self._primary is not None:  # open: borrow a pooled connection rather than make one
                 with self.connection(operation="replica_status") as conn:
                     row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+                    primary_at = (conn.info.host, str(conn.info.port))
             else:
                 with psycopg.connect(self.settings.database_url.get_secret_value(),
                                      **connect_kwargs(self.settings)) as conn:
                     row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+                    primary_at = (conn.info.host, str(conn.info.port))
             primary_lsn = row[0] if row else None
         except Exception as exc:
             primary_error = f"the primary's WAL position could not be read: {_reason(exc)}"
@@ -461,11 +512,23 @@ class ConnectionManager:
             lag_seconds: float | None = None
             replay_lsn: int | None = None
             error: str | None = primary_error
+            is_primary = promoted = False
             try:
                 with psycopg.connect(url.get_secret_value(), **connect_kwargs(self.settings)) as conn:
+                    is_primary = primary_at == (conn.info.host, str(conn.info.port))
                     if primary_lsn is None:
-                        row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
-                        in_recovery = bool(row[0]) if row else None
+                        row = conn.execute(_REPLICA_ALONE).fetchone()
+                        if row is not None:
+                            in_recovery = bool(row[0])
+                            replay_lsn = None if row[2] is None else int(row[2])
+                            lag_seconds = self._staleness(i, None if row[1] is None else max(float(row[1]), 0.0))
+                            promoted = not in_recovery and i in self._standbys
+                            if promoted:
+                                lag_seconds, error = 0.0, None
+                            if in_recovery:
+                                error = None if lag_seconds is not None else (
+                                    "the primary is unreachable and the replica has replayed no transaction since"
+                                    " it started: its staleness is unknown")
                     else:
                         row = conn.execute(_REPLICA_LAG, {"primary": primary_lsn}).fetchone()
                         if row is not None:
@@ -473,6 +536,12 @@ class ConnectionManager:
                             lag_bytes = None if row[1] is None else int(row[1])
                             lag_seconds = None if row[2] is None else round(max(float(row[2]), 0.0), 3)
                             replay_lsn = None if row[3] is None else int(row[3])
+                            if in_recovery and lag_bytes == 0:  # it held every commit made before asked_at
+                                self._caught_up_at[i] = asked_at
+                            if in_recovery:
+                                self._standbys.add(i)
+                            else:
+                                self._standbys.discard(i)
                             if in_recovery and lag_seconds is None:
                                 error = "no transaction replayed since the replica started: lag in seconds unknown"
                 reachable = True
@@ -482,9 +551,18 @@ class ConnectionManager:
                 name=name, url=redact(url.get_secret_value()), reachable=reachable, in_recovery=in_recovery,
                 lag_bytes=lag_bytes, lag_seconds=lag_seconds, max_lag_bytes=bounds.max_lag_bytes,
                 max_lag_seconds=bounds.max_lag_seconds, latency_ms=round((time.perf_counter() - started) * 1000, 3),
-                error=error, replay_lsn=replay_lsn,
+                error=error, replay_lsn=replay_lsn, primary_reachable=primary_lsn is not None, is_primary=is_primary,
+                promoted=promoted,
             ))
         return out
+
+    def _staleness(self, index: int, replayed_ago: float | None) -> float | None:
+        """Seconds since replica ``index`` was last known to hold every commit, with the primary unreachable: the
+        younger of its last replayed commit and the last measurement that found it fully replayed."""
+        caught_up = self._caught_up_at.get(index)
+        ages = [a for a in (replayed_ago, None if caught_up is None else time.monotonic() - caught_up)
+                if a is not None]
+        return round(min(ages), 3) if ages else None
 
     def pool_stats(self) -> dict[str, dict[str, Any]]:
         """Real numbers from each pool: size, in use, idle, waiting; acquisitions as callers saw them (count,
@@ -610,6 +688,11 @@ def _lent(pool: ConnectionPool, conn: psycopg.Connection[Any], autocommit: bool,
         else:
             with conn:
                 yield
+    except psycopg.errors.ReadOnlySqlTransaction as exc:
+        # The server became a standby under this connection (a failover, a switchover): close it, so the pool's
+        # next connection goes to whichever host is the primary now (target_session_attrs=read-write).
+        conn.close()
+        raise classify(exc, operation=operation, **context) from exc
     except psycopg.Error as exc:
         raise classify(exc, operation=operation, **context) from exc
     finally:

@@ -577,9 +577,10 @@ class AuditDatabase:
     @contextmanager
     def _primary(self, operation: str, *, autocommit: bool = False) -> Iterator[psycopg.Connection[Any]]:
         """A primary connection, refused at once while the primary's breaker is open; connection failures and
-        timeouts count against the breaker. ``autocommit`` for a read (see :meth:`ConnectionManager.connection`)."""
+        timeouts count against the breaker. ``autocommit`` for a read (see :meth:`ConnectionManager.connection`).
+        While it is open, a primary that answers a probe (at most one a second) ends the open period early."""
         breaker = self.breakers.get("primary")
-        breaker.check(operation=operation)
+        breaker.check(operation=operation, probe=self.connections.primary_answers)
         try:
             with self.connections.connection(operation=operation, autocommit=autocommit) as conn:
                 yield conn

@@ -411,6 +411,11 @@ def classify(exc: BaseException, *, operation: str | None = None, **context: Any
         # The server's own hint is more specific than ours (the migration's role checks give one).
         guidance = "" if hint else f" ({_ROLES_HINT})"
         err = ComplianceError(f"not permitted{doing}: {message}{guidance}", operation=operation, **context)
+    elif isinstance(exc, psycopg.errors.ReadOnlySqlTransaction):
+        # Only a standby refuses the library's writes so (it never starts read-only transactions): the primary it
+        # reached moved away; a retry on a new connection reaches the new one.
+        err = AuditConnectionError(f"the server is read-only, no longer the primary: {message}", operation=operation,
+                                   **context)
     elif isinstance(exc, (psycopg.errors.ConnectionException, psycopg.errors.AdminShutdown)) or (
         isinstance(exc, psycopg.OperationalError) and sqlstate is None
     ):

@@ -143,8 +143,11 @@ def redis_status(settings: AuditSettings) -> RedisStatus:
 
 # -- recovery recommendations: the action that fixes each finding (the observability guide lists them) -------------
 
-PRIMARY_DOWN = ("start PostgreSQL or fix AUDIT_DATABASE_URL (host, port, credentials); writes fail until the "
-                "primary answers, nothing is buffered: callers re-send (insert and insert_many are idempotent)")
+PRIMARY_DOWN = ("start PostgreSQL or fix AUDIT_DATABASE_URL (host, port, credentials), or in a cluster promote a "
+                "standby: with every node in a multi-host AUDIT_DATABASE_URL (target_session_attrs=read-write) the "
+                "library finds the new primary by itself; writes fail until a primary answers, nothing is buffered: "
+                "callers re-send (insert and insert_many are idempotent); replicas that answer keep serving "
+                "eventual reads")
 PRIMARY_IN_RECOVERY = ("AUDIT_DATABASE_URL points at a standby: point it at the primary (after a failover, the "
                        "promoted server)")
 SCHEMA_BEHIND = "run `audit-platform migrate` (idempotent) with the owner's login"
@@ -179,17 +182,19 @@ def build_health_report(db: HealthSources) -> HealthReport:
     waiting = _pools_health(db.connections.pool_stats(), db.settings)  # before the check queues up itself
     primary = db.connections.health_check()
     applied = primary.get("schema_version")
-    components = {"primary": _primary_health(primary)}
+    replicas = db.connections.replica_status()
+    components = {"primary": _primary_health(primary, replicas)}
     if primary["reachable"]:
         components["schema"] = _schema_health(applied)
-    for replica in db.connections.replica_status():
+    for replica in replicas:
+        fine = replica.healthy or replica.is_primary  # a cluster node that is the primary is no finding
         components[replica.name] = ComponentHealth(
             name=replica.name,
-            healthy=replica.healthy,
+            healthy=fine,
             details={k: v for k, v in replica.to_dict().items() if k not in ("error", "problem", "healthy", "name")},
-            error=replica.problem,
+            error=None if fine else replica.problem,
             critical=False,
-            action=None if replica.healthy else _replica_action(replica),
+            action=None if fine else _replica_action(replica),
         )
     components["redis"] = _redis_health(db.settings, getattr(db.cache, "l2_off_reason", None))
     components["pools"] = waiting
@@ -213,13 +218,24 @@ def build_health_report(db: HealthSources) -> HealthReport:
     return report
 
 
-def _primary_health(primary: dict[str, Any]) -> ComponentHealth:
+def _primary_health(primary: dict[str, Any], replicas: list[Any]) -> ComponentHealth:
+    """The primary; when it is down, the finding also says which replicas serve reads meanwhile, how stale."""
     healthy = bool(primary["reachable"]) and not primary["in_recovery"]
+    error = primary["error"] or ("the primary is in recovery (a standby)" if primary["in_recovery"] else None)
+    details = {k: v for k, v in primary.items() if k != "error"}
+    if not primary["reachable"] and replicas:
+        serving = {r.name: r.lag_seconds for r in replicas if r.healthy and not r.primary_reachable}
+        details["reads_served_by"] = serving
+        error = f"{error}; " + (
+            "reads are served by " + ", ".join(
+                f"{name} with staleness {'unknown' if s is None else f'{s:g} s'}" for name, s in serving.items())
+            + " (eventual; bounded while the staleness is within AUDIT_REPLICAS__BOUNDED_LAG_SECONDS)"
+            if serving else "no replica answers either: reads fail")
     return ComponentHealth(
         name="primary",
         healthy=healthy,
-        details={k: v for k, v in primary.items() if k != "error"},
-        error=primary["error"] or ("the primary is in recovery (a standby)" if primary["in_recovery"] else None),
+        details=details,
+        error=error,
         action=None if healthy else PRIMARY_IN_RECOVERY if primary["reachable"] else PRIMARY_DOWN,
     )
 
@@ -311,6 +327,7 @@ def breaker_action(name: str, stats: dict[str, Any]) -> str:
     """What an open (or half-open) breaker of ``name`` means and what closes it."""
     after = f"it lets a trial call through {stats.get('retry_after_seconds', 0)} s from now"
     if name == "primary":
+        after += ", or as soon as a probe finds a primary answering"
         return f"primary: writes fail fast with CircuitOpenError until the primary answers ({after}); {PRIMARY_DOWN}"
     if name.startswith("replica"):
         return f"{name}: reads skip it and go to the primary ({after}); {REPLICA_DOWN}"

@@ -13,6 +13,14 @@ A replica is *in rotation* when the monitor last found it reachable, a standby, 
 rejoins when the monitor measures it healthy again) and the read is retried on the primary: a dying replica costs
 latency, never a failed read.
 
+*The primary unreachable*: a standby that answers stays in rotation with its *staleness* as its lag (see
+:class:`~audit_db_core.connections.ReplicaStatus`): ``eventual`` reads go on, ``bounded`` ones while the staleness
+is within the bound, ``strong`` ones fail fast (the primary's breaker).
+
+*Topology*: each measurement asks every replica URL ``pg_is_in_recovery()``; only standbys serve as replicas. A
+replica that was promoted leaves the rotation at the next measurement (it is the primary now, reached through a
+multi-host ``AUDIT_DATABASE_URL``); a node listed among the replica URLs that comes back as a standby joins it.
+
 Example::
 
     target = db.router.choose("eventual")          # a RouteTarget: "primary" or "replica-0", …
@@ -77,6 +85,7 @@ class ReplicaRouter:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._measured = threading.Event()
+        self._primary_reachable = True
         self.analytics = settings.replicas.analytics_replica
         self._counts: dict[str, int] = {"primary": 0, "failovers": 0, "ryw_fallbacks": 0,
                                         **{f"replica-{i}": 0 for i in range(n)}}
@@ -115,7 +124,17 @@ class ReplicaRouter:
             logger.exception("replica measurement failed")
             return []
         now = time.monotonic()
+        reachable = all(s.primary_reachable for s in statuses)
+        if reachable and not self._primary_reachable:
+            # This measurement read the primary's position (after a failover, on the promoted server): a successful
+            # call, so its breaker closes now — before a promoted replica leaves the rotation for it.
+            breaker = self.breakers.get("primary")
+            if breaker.answered():
+                breaker.record_success()
         with self._lock:
+            primary_was, self._primary_reachable = self._primary_reachable, reachable
+            if primary_was != reachable:
+                self._log_primary(statuses)
             for i, status in enumerate(statuses):
                 view = self._views[i]
                 first = view.status is None
@@ -131,12 +150,26 @@ class ReplicaRouter:
         self._measured.set()
         return statuses
 
+    def _log_primary(self, statuses: list[ReplicaStatus]) -> None:
+        serving = {s.name: s.lag_seconds for s in statuses if s.healthy}
+        extra = {"audit": {"primary_reachable": self._primary_reachable, "replicas": serving}}
+        if self._primary_reachable:
+            logger.info("the primary is reachable again: replica lag is measured against it", extra=extra)
+        elif serving:
+            logger.warning("the primary is unreachable: eventual reads are served by %s (staleness in seconds: %s)",
+                           ", ".join(serving), serving, extra=extra)
+        else:
+            logger.warning("the primary is unreachable and no replica answers: reads fail", extra=extra)
+
     @staticmethod
     def _log_rotation(status: ReplicaStatus, in_rotation: bool, *, first: bool, why: str) -> None:
-        """A replica joining (first measurement) or coming back is routine: INFO. One that is out of rotation,
-        from the start or after being in it, is a problem an operator should see: WARNING."""
+        """A replica joining (first measurement) or coming back is routine: INFO, as is a node of the cluster that
+        is the primary (promoted, or listed as a candidate). One that is out of rotation otherwise, from the start
+        or after being in it, is a problem an operator should see: WARNING."""
         extra = {"audit": {"replica": status.name, "in_rotation": in_rotation, "problem": status.problem}}
-        if in_rotation:
+        if status.is_primary:
+            logger.info("%s is the primary: out of the read rotation", status.name, extra=extra)
+        elif in_rotation:
             logger.info("%s %s rotation", status.name, "in" if first else "back in", extra=extra)
         else:
             logger.warning("%s %s rotation: %s", status.name, "not in" if first else "out of", why, extra=extra)
@@ -217,7 +250,11 @@ class ReplicaRouter:
                     "lag_bytes": s.lag_bytes if s else None,
                     "lag_seconds": s.lag_seconds if s else None,
                     "replay_lsn": s.replay_lsn if s else None,
+                    "role": None if s is None or not s.reachable else
+                    "primary" if s.is_primary else "promoted" if s.promoted else
+                    "standby" if s.in_recovery else "not a standby",
                     "problem": ("a read failed; waiting for a healthy measurement" if view.failed_at else
                                 (s.problem if s else "not measured yet")),
                 }
-            return {"monitor": self._thread is not None, "replicas": replicas, "reads": dict(self._counts)}
+            return {"monitor": self._thread is not None, "primary_reachable": self._primary_reachable,
+                    "replicas": replicas, "reads": dict(self._counts)}

@@ -26,6 +26,7 @@ current user.
 
 These servers are for development and tests only: ``fsync=off`` and ``full_page_writes=off`` (they only matter for
 an OS crash); ``synchronous_commit`` stays ``on``, so a commit that was acknowledged survives a killed server.
+Replication is asynchronous unless :meth:`LocalServers.synchronous` makes the replica a synchronous standby.
 
 Example::
 
@@ -56,6 +57,7 @@ from typing import Any, Final
 
 import psutil
 import psycopg
+import psycopg.sql
 import redis
 
 from audit_local.processes import (  # noqa: F401 (re-exported: REPLICATION_SLOT, pg_url, redis_url)
@@ -367,6 +369,39 @@ class LocalServers(Provisioning):
                 self._start(comp, port, deadline)
             else:
                 self._wait_ready(comp, port, deadline)
+
+    def synchronous(self, enabled: bool = True, timeout: float = 30.0) -> None:
+        """Make the replica a synchronous standby of the primary (``synchronous_standby_names`` set to its
+        ``application_name``, ``audit_replica``), or asynchronous again; reloaded at once, no restart. Returns once
+        ``pg_stat_replication`` shows the replica in that state. A commit with ``synchronous_commit`` ``on`` (or
+        ``remote_write`` / ``remote_apply``) then waits for the replica, and waits for good while it is down.
+
+        Raises:
+            LocalServerError: the primary does not run, or the replica did not reach that state in ``timeout`` s.
+
+        Example::
+
+            servers.synchronous()          # commits wait for the replica
+            servers.synchronous(False)     # back to asynchronous replication
+        """
+        port = self.status()["primary"]["port"]
+        if self._running_pid("primary") is None or port is None:
+            raise LocalServerError("primary: not running")
+        setting = psycopg.sql.SQL("ALTER SYSTEM SET synchronous_standby_names = {}").format(
+            psycopg.sql.Literal(REPLICATION_SLOT)) if enabled else "ALTER SYSTEM RESET synchronous_standby_names"
+        want = "sync" if enabled else "async"
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(pg_url(int(port)), connect_timeout=5, autocommit=True) as conn:
+            conn.execute(setting)
+            conn.execute("SELECT pg_reload_conf()")
+            while True:
+                row = conn.execute("SELECT sync_state FROM pg_stat_replication WHERE application_name = %s",
+                                   (REPLICATION_SLOT,)).fetchone()
+                if row is not None and row[0] == want:
+                    return
+                if time.monotonic() > deadline:
+                    raise LocalServerError(f"replica: not {want} after {timeout:g} s (pg_stat_replication: {row})")
+                time.sleep(0.05)
 
     # ---------------------------------------------------------------------------------------------- paths, state
 

@@ -40,11 +40,13 @@ def stderr_logger(name: str) -> Callable[[str], None]:
 
 @contextlib.contextmanager
 def _local_servers(
-    log: Callable[[str], None], *, durable: bool, read_path: bool
+    log: Callable[[str], None], *, durable: bool, read_path: bool, synchronous: bool = False
 ) -> Iterator[tuple[Any, str]]:
     """Throw-away local servers (a primary; with ``read_path`` also a streaming replica and Redis), always stopped
     and deleted: (endpoints, the settings they run with). ``durable`` turns fsync and full_page_writes back on
-    on the primary (they are off for the test suite's speed), so per-commit costs are what a real disk costs."""
+    on the primary (they are off for the test suite's speed), so per-commit costs are what a real disk costs;
+    ``synchronous`` makes the replica a synchronous standby (``LocalServers.synchronous``), durable as well when
+    ``durable`` is (a synchronous commit waits for the standby's flush)."""
     from audit_local.servers import LocalServers
 
     directory = tempfile.mkdtemp(prefix="audit-bench-")
@@ -60,6 +62,14 @@ def _local_servers(
                 conn.execute("ALTER SYSTEM SET full_page_writes = on")
                 conn.execute("SELECT pg_reload_conf()")
             settings = "fsync=on, full_page_writes=on" + (" on the primary" if read_path else "")
+        if synchronous:
+            servers.synchronous()
+            settings += ", the replica a synchronous standby"
+            if durable:
+                with connect(endpoints.replica_urls[0], application_name="audit-bench") as conn:
+                    conn.execute("ALTER SYSTEM SET fsync = on")
+                    conn.execute("SELECT pg_reload_conf()")
+                settings += " with fsync=on"
         yield endpoints, settings
     finally:
         with uninterruptible():
@@ -97,10 +107,11 @@ class ReadServers:
 
 
 @contextlib.contextmanager
-def read_servers(log: Callable[[str], None], *, durable: bool) -> Iterator[ReadServers]:
+def read_servers(log: Callable[[str], None], *, durable: bool, synchronous: bool = False) -> Iterator[ReadServers]:
     """The servers of ``$AUDIT_BENCH_DATABASE_URL`` (+ ``$AUDIT_BENCH_REPLICA_URLS``, comma-separated, and
     ``$AUDIT_BENCH_REDIS_URL``; either may be left unset) or, without it, a throw-away local primary + streaming
-    replica + Redis. ``durable`` as for :func:`server_url` (on the local primary)."""
+    replica + Redis. ``durable`` and ``synchronous`` as for :func:`_local_servers` (an external server's
+    replication is as its operator set it)."""
     external = os.environ.get(ENV_SERVER)
     if external:
         replicas = [u.strip() for u in os.environ.get(ENV_REPLICAS, "").split(",") if u.strip()]
@@ -109,7 +120,7 @@ def read_servers(log: Callable[[str], None], *, durable: bool) -> Iterator[ReadS
                           f"external ({ENV_SERVER}: {display_url(external)}, {len(replicas)} replica(s), "
                           f"Redis {'set' if redis_url else 'unset'})")
         return
-    with _local_servers(log, durable=durable, read_path=True) as (endpoints, settings):
+    with _local_servers(log, durable=durable, read_path=True, synchronous=synchronous) as (endpoints, settings):
         yield ReadServers(endpoints.database_url, list(endpoints.replica_urls), endpoints.redis_url,
                           f"local (audit_local: primary + streaming replica + Redis, {settings})")
 

@@ -126,3 +126,36 @@ def test_with_overrides_revalidates(env: pytest.MonkeyPatch) -> None:
     assert t.redis_url is not None and t.database_url.get_secret_value() == URL
     with pytest.raises(ConfigurationError):
         s.with_overrides(redis_url="nope://h")
+
+
+def test_multi_host_urls_are_one_url_each_and_masked(env: pytest.MonkeyPatch) -> None:
+    """A libpq multi-host URL (every node of a cluster, the primary found by target_session_attrs) is one URL: its
+    hosts are not split into replicas, its ports are checked, its password is masked."""
+    primary = "postgresql://app:Sup3rS3cret@pg1:5432,pg2:5433,pg3:5434/audit?target_session_attrs=read-write"
+    env.setenv("AUDIT_DATABASE_URL", primary)
+    env.setenv("AUDIT_REPLICA_URLS", "postgresql://ro:ReplicaPw9@pg1:5432,pg2:5433/audit?target_session_attrs=standby,"
+                                     " postgresql://ro:ReplicaPw9@pg3:5434/audit")
+    s = AuditSettings()
+    assert s.database_url.get_secret_value() == primary
+    assert s.display_database_url == ("postgresql://app:***@pg1:5432,pg2:5433,pg3:5434/audit"
+                                      "?target_session_attrs=read-write")
+    assert s.display_replica_urls == [
+        "postgresql://ro:***@pg1:5432,pg2:5433/audit?target_session_attrs=standby",
+        "postgresql://ro:***@pg3:5434/audit",
+    ]
+    env.setenv("AUDIT_DATABASE_URL", "postgresql://app:Sup3rS3cret@pg1:5432,pg2:99999/audit")
+    with pytest.raises(ConfigurationError) as info:
+        AuditSettings()
+    assert "AUDIT_DATABASE_URL" in str(info.value) and "Sup3rS3cret" not in str(info.value)
+
+
+def test_synchronous_commit_reaches_the_sessions_and_off_is_refused(env: pytest.MonkeyPatch) -> None:
+    from audit_db_core.connections import connect_kwargs
+
+    assert "synchronous_commit" not in connect_kwargs(AuditSettings())["options"]  # the server's own setting
+    env.setenv("AUDIT_INGEST__SYNCHRONOUS_COMMIT", "remote_apply")
+    assert "-c synchronous_commit=remote_apply" in connect_kwargs(AuditSettings())["options"]
+    env.setenv("AUDIT_INGEST__SYNCHRONOUS_COMMIT", "off")
+    with pytest.raises(ConfigurationError) as info:
+        AuditSettings()
+    assert "AUDIT_INGEST__SYNCHRONOUS_COMMIT" in str(info.value)

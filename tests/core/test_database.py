@@ -378,3 +378,17 @@ def test_validation_error_in_a_later_batch_says_what_was_stored(settings: AuditS
         with pytest.raises(AuditValidationError) as info:
             db.insert("not an event")  # type: ignore[arg-type]
         assert info.value.fields == ["event"]
+
+
+def test_synchronous_commit_setting_is_the_sessions_own(fresh_database: str) -> None:
+    """AUDIT_INGEST__SYNCHRONOUS_COMMIT reaches the server as the sessions' synchronous_commit (unset: the server's)."""
+    with psycopg.connect(fresh_database) as plain:
+        server_value = plain.execute("SHOW synchronous_commit").fetchone()
+    with AuditDatabase(AuditSettings(database_url=fresh_database)) as db, db.connections.connection() as conn:
+        assert conn.execute("SHOW synchronous_commit").fetchone() == server_value
+    settings = AuditSettings(database_url=fresh_database, ingest={"synchronous_commit": "remote_apply"})
+    with AuditDatabase(settings) as db:
+        with db.connections.connection() as conn:
+            assert conn.execute("SHOW synchronous_commit").fetchone() == ("remote_apply",)
+        # The suite's server names no synchronous standby: remote_apply then waits for none, and writes go on.
+        assert db.insert(AuditEvent(action="user.login", status="success", principal_id="sync"))

@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -38,10 +39,11 @@ UTC = dt.UTC
 PAST = dt.datetime(2026, 10, 5, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def own_servers() -> Iterator[tuple[LocalServers, LocalEndpoints]]:
-    directory = Path(tempfile.mkdtemp(prefix="audit-fault-servers-"))
-    servers = LocalServers(directory / "servers")
+@contextmanager
+def migrated_servers(prefix: str, *, redis: bool = True) -> Iterator[tuple[LocalServers, LocalEndpoints]]:
+    """Local servers of their own, migrated; stopped and removed at the end, even on failure."""
+    directory = Path(tempfile.mkdtemp(prefix=prefix))
+    servers = LocalServers(directory / "servers", redis=redis)
     try:
         endpoints = servers.up()
         migrate(endpoints.database_url)
@@ -49,6 +51,25 @@ def own_servers() -> Iterator[tuple[LocalServers, LocalEndpoints]]:
     finally:
         servers.down(remove=True)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+@contextmanager
+def running(threads: list[threading.Thread], stop: threading.Event) -> Iterator[None]:
+    """Start ``threads``; at the end set ``stop`` and join them all, even when the block fails."""
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+
+
+@pytest.fixture(scope="module")
+def own_servers() -> Iterator[tuple[LocalServers, LocalEndpoints]]:
+    with migrated_servers("audit-fault-servers-") as pair:
+        yield pair
 
 
 def fault_settings(ep: LocalEndpoints, **overrides: object) -> AuditSettings:
@@ -274,3 +295,161 @@ def test_replica_outage_shows_in_the_metrics_and_the_health_actions(
     assert value(during["audit.health.status"], **dep, **{"audit.health.status": "degraded"}) == 1
     assert value(after["audit.replica.in_rotation"], **rotation) == 1
     assert report.components["replica-0"].action == health.REPLICA_DOWN
+
+
+# -- the primary lost: reads go on from the replica; a promoted replica takes the writes -----------------------------
+
+
+def test_reads_survive_a_primary_outage(own_servers: tuple[LocalServers, LocalEndpoints]) -> None:
+    """Kill the primary under uncached readers: eventual reads never fail (the replica serves them on its own),
+    bounded reads are served while the replica's staleness is within the bound and refused after it, strong reads
+    and writes fail fast; health names the replica serving reads and its staleness."""
+    servers, ep = own_servers
+    bound = 3.0
+    settings = fault_settings(ep, cache={"enabled": False},
+                              replicas={"monitor_interval_seconds": 0.2, "bounded_lag_seconds": bound})
+    marker = uuid.uuid4().hex[:8]
+    reads: list[tuple[float, str, str | None, int | None]] = []  # (time, consistency, source or None, rows)
+    errors: list[tuple[float, str, BaseException]] = []
+    with AuditDatabase(settings) as db:
+        db.insert_many(AuditEvent(action="patient.record.read", status="success", principal_id=marker)
+                       for _ in range(5))
+        mine = AuditQuery(principal_id=marker)
+        assert wait_for(lambda: (lambda p: p.extra["source"] == "replica-0" and len(p) == 5)(
+            db.query(mine, consistency="bounded")))
+        stop = threading.Event()
+
+        def reader(consistency: str) -> None:
+            while not stop.is_set():
+                try:
+                    page = db.query(mine, consistency=consistency)  # type: ignore[arg-type]
+                    reads.append((time.monotonic(), consistency, page.extra["source"], len(page)))
+                except BaseException as exc:  # noqa: BLE001 - every failure is the test's finding
+                    errors.append((time.monotonic(), consistency, exc))
+                    time.sleep(0.02)
+
+        def writer() -> None:  # keeps the replica's last replayed commit fresh until the kill, then meets the breaker
+            while not stop.is_set():
+                try:
+                    db.insert(AuditEvent(action="patient.record.update", status="success", principal_id="w-" + marker))
+                except AuditError:
+                    time.sleep(0.02)
+
+        threads = [threading.Thread(target=reader, args=(c,)) for c in ("eventual",) * 4 + ("bounded",) * 2]
+        threads.append(threading.Thread(target=writer))
+        try:
+            with running(threads, stop):
+                time.sleep(0.5)
+                killed_at = time.monotonic()
+                servers.kill("primary")
+                assert wait_for(lambda: db.breakers.get("primary").state is BreakerState.OPEN, timeout=60)
+                assert wait_for(lambda: db.router.snapshot()["primary_reachable"] is False)
+                with pytest.raises(AuditError):
+                    db.query(mine, consistency="strong")
+                report = db.health()
+                # past the bound: bounded reads must have left the replica by now
+                assert wait_for(lambda: time.monotonic() > killed_at + bound + 1.5, timeout=bound + 10)
+                snapshot = db.router.snapshot()["replicas"]["replica-0"]
+        finally:
+            servers.start("primary")
+    eventual = [r for r in reads if r[1] == "eventual" and r[0] > killed_at]
+    assert [e for e in errors if e[1] == "eventual"] == []  # not one eventual read failed
+    assert eventual and all(source == "replica-0" and n == 5 for _, _, source, n in eventual)
+    bounded = [r for r in reads if r[1] == "bounded" and r[0] > killed_at]
+    within = [r for r in bounded if r[0] < killed_at + bound - 1.0]  # staleness surely below the bound
+    assert within and all(source == "replica-0" and n == 5 for _, _, source, n in within)
+    assert not [e for e in errors if e[1] == "bounded" and e[0] < killed_at + bound - 1.0]
+    late = [r for r in bounded if r[0] > killed_at + bound + 1.0]  # staleness surely past it: not from the replica
+    assert all(source != "replica-0" for _, _, source, _ in late)
+    assert [e for e in errors if e[1] == "bounded" and e[0] > killed_at + bound + 1.0]  # they went to the primary
+    assert snapshot["in_rotation"] and snapshot["lag_seconds"] is not None and snapshot["lag_seconds"] > bound
+    primary = report.components["primary"]
+    assert not primary.healthy and "reads are served by replica-0 with staleness" in (primary.error or "")
+    assert "replica-0" in primary.details["reads_served_by"] and report.components["replica-0"].healthy
+
+
+@pytest.fixture
+def promotable_servers() -> Iterator[tuple[LocalServers, LocalEndpoints]]:
+    """A primary and a replica of this test's own: the test promotes the replica, which leaves no usable pair."""
+    with migrated_servers("audit-promotion-servers-", redis=False) as pair:
+        yield pair
+
+
+def both_hosts(primary_url: str, replica_url: str) -> str:
+    """``postgresql://u@h1:p1,h2:p2/db?target_session_attrs=read-write`` from two single-host local URLs."""
+    from urllib.parse import urlsplit
+
+    p, r = urlsplit(primary_url), urlsplit(replica_url)
+    hosts = f"{p.hostname}:{p.port},{r.hostname}:{r.port}"
+    return f"postgresql://{p.username}@{hosts}{p.path}?target_session_attrs=read-write"
+
+
+def test_writes_follow_a_promoted_replica(promotable_servers: tuple[LocalServers, LocalEndpoints]) -> None:
+    """Synchronous replication, writers through a URL naming both hosts; kill the primary, promote the replica:
+    writes resume through the same AuditDatabase, no acknowledged write is lost or doubled, no eventual read fails,
+    and the promoted server leaves the read rotation once the primary's URL reaches it (the old primary's URL, listed
+    as a candidate replica, never joins it while down)."""
+    servers, ep = promotable_servers
+    servers.synchronous()
+    url = both_hosts(ep.database_url, ep.replica_urls[0])
+    settings = fault_settings(ep, database_url=url, replica_urls=[ep.replica_urls[0], ep.database_url], redis_url=None,
+                              cache={"enabled": False}, ingest={"synchronous_commit": "remote_apply"})
+    marker = uuid.uuid4().hex[:8]
+    acknowledged: list[tuple[float, uuid.UUID]] = []
+    reads: list[tuple[float, str]] = []
+    read_errors: list[BaseException] = []
+    with AuditDatabase(settings) as db:
+        assert wait_for(lambda: db.router.in_rotation() == ["replica-0"])
+        assert db.router.snapshot()["replicas"]["replica-1"]["role"] == "primary"  # the primary's own URL
+        deployment = db.deployment_id
+        stop = threading.Event()
+
+        def writer() -> None:
+            while not stop.is_set():
+                ev = AuditEvent(action="patient.record.update", status="success", principal_id=marker)
+                try:
+                    db.insert(ev)
+                    acknowledged.append((time.monotonic(), ev.event_id))
+                except AuditError:
+                    time.sleep(0.01)
+
+        def reader() -> None:
+            while not stop.is_set():
+                try:
+                    page = db.query(AuditQuery(limit=1), consistency="eventual")
+                    reads.append((time.monotonic(), page.extra["source"]))
+                except AuditError as exc:
+                    read_errors.append(exc)
+                    time.sleep(0.02)
+
+        threads = [threading.Thread(target=writer) for _ in range(4)] + [threading.Thread(target=reader)]
+        with running(threads, stop):
+            assert wait_for(lambda: len(acknowledged) >= 40)
+            servers.kill("primary")
+            assert wait_for(lambda: db.breakers.get("primary").state is BreakerState.OPEN, timeout=60)
+            with psycopg.connect(ep.replica_urls[0], autocommit=True) as conn:
+                conn.execute("SELECT pg_promote(wait => true)")
+            promoted_at = time.monotonic()
+            assert wait_for(lambda: any(t > promoted_at for t, _ in acknowledged), timeout=60)
+            first_write = min(t for t, _ in acknowledged if t > promoted_at) - promoted_at
+            assert wait_for(lambda: db.router.snapshot()["replicas"]["replica-0"]["role"] == "primary")
+            left_at = time.monotonic()
+            assert wait_for(lambda: sum(t > promoted_at for t, _ in acknowledged) >= 40)
+            time.sleep(0.5)
+            breaker = db.breakers.stats()["primary"]
+        print(f"\npromotion → first acknowledged write through the same AuditDatabase: {first_write:.3f} s")
+        # reads went on throughout: the replica, the promoted node, then the new primary
+        assert read_errors == [], [str(e) for e in read_errors[:3]]
+        assert db.router.in_rotation() == []  # the promoted server is no replica; the old primary is down
+        after = [source for t, source in reads if t > left_at + 0.5]
+        assert after and set(after) == {"primary"}  # no read sent to it as a replica any more
+        assert breaker["probes_answered"] >= 1 and breaker["state"] == "closed"
+    with psycopg.connect(ep.replica_urls[0]) as conn:  # the new primary
+        stored = conn.execute("SELECT event_id, count(*) FROM audit_log WHERE principal_id = %s GROUP BY event_id",
+                              (marker,)).fetchall()
+        assert conn.execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,)
+        identity = conn.execute("SELECT deployment_id FROM audit_deployment").fetchone()
+    counts = dict(stored)
+    assert {e for _, e in acknowledged} <= set(counts)  # every acknowledged write is on the new primary …
+    assert set(counts.values()) == {1}  # … exactly once
+    assert identity == (deployment,)  # the same deployment, on its new primary
