@@ -17,6 +17,7 @@ from audit_db_core import telemetry
 class Collected:
     reader: Any  # InMemoryMetricReader
     exporter: Any  # InMemorySpanExporter
+    tracer_provider: Any  # the TracerProvider: an application's own spans, around the library's
 
     def metrics(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
         """Every metric collected now: name → [(attributes, value)], a histogram's value being its data point
@@ -52,7 +53,7 @@ def otel() -> Iterator[Collected]:
     tracers.add_span_processor(SimpleSpanProcessor(exporter))
     telemetry.configure(meter_provider=meters, tracer_provider=tracers)
     try:
-        yield Collected(reader, exporter)
+        yield Collected(reader, exporter, tracers)
     finally:
         telemetry.configure()
         meters.shutdown()
