@@ -286,6 +286,14 @@ def _points(got: dict[str, list[tuple[dict[str, Any], Any]]], name: str, **attri
     return [v for attrs, v in got.get(name, []) if all(attrs.get(k) == w for k, w in attributes.items())]
 
 
+def _marked_events(n: int) -> tuple[str, list[AuditEvent]]:
+    """A marker of this test and ``n`` events whose action, principal and targets hold it: no attribute may."""
+    marker = uuid.uuid4().hex[:8]
+    return marker, [AuditEvent(action=f"patient.record.read.{marker}", status="success", principal_id=f"{marker}-dr",
+                               target_resource_id=f"{marker}-patient-{i}", event_time=DAY + dt.timedelta(hours=i))
+                    for i in range(n)]
+
+
 def _count(got: dict[str, list[tuple[dict[str, Any], Any]]], name: str, **attributes: Any) -> int:
     """Histogram points recorded under ``attributes`` (0 when none)."""
     return sum(p.count for p in _points(got, name, **attributes))
@@ -295,10 +303,7 @@ def test_writes_record_events_batches_operations_and_spans(otel: Collected,
                                                            read_path_settings: AuditSettings) -> None:
     from opentelemetry import trace
 
-    marker = uuid.uuid4().hex[:8]
-    events = [AuditEvent(action=f"patient.record.read.{marker}", status="success", principal_id=f"{marker}-dr",
-                         target_resource_id=f"{marker}-patient-{i}", event_time=DAY + dt.timedelta(hours=i))
-              for i in range(5)]
+    marker, events = _marked_events(5)
     app = otel.tracer_provider.get_tracer("the-application")
     with AuditDatabase(read_path_settings) as db:
         with app.start_as_current_span("POST /records") as request:
@@ -350,10 +355,7 @@ def test_writes_record_events_batches_operations_and_spans(otel: Collected,
 
 def test_reads_record_their_source_and_an_l1_hit_only_counts(otel: Collected,
                                                               read_path_settings: AuditSettings) -> None:
-    marker = uuid.uuid4().hex[:8]
-    events = [AuditEvent(action=f"patient.record.read.{marker}", status="success", principal_id=f"{marker}-dr",
-                         target_resource_id=f"{marker}-patient-{i}", event_time=DAY + dt.timedelta(hours=i))
-              for i in range(3)]
+    marker, events = _marked_events(3)
     query = AuditQuery(principal_id=f"{marker}-dr", since=DAY, until=DAY + dt.timedelta(days=1))
     with AuditDatabase(read_path_settings) as db:
         if db.cache.redis_configured:
