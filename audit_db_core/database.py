@@ -245,9 +245,10 @@ def _insert_many(
         try:
             if commit_each:
                 with conn.transaction():
-                    new = _copy_batch(conn, chunk, seen, rows)
+                    copied = _copy_batch(conn, chunk, seen, rows)
             else:
-                new = _copy_batch(conn, chunk, seen, rows)
+                copied = _copy_batch(conn, chunk, seen, rows)
+            new = copied  # committed (or, in a caller's transaction, written)
             written += new
             if on_batch is not None:
                 on_batch(conn, [row[_TIME] for row in rows])
@@ -607,7 +608,7 @@ class AuditDatabase:
 
     # -- schema --------------------------------------------------------------------------------------------------
 
-    @_operation("migrate")
+    @_operation("migrate", observed=False)  # a lifecycle step: migrate() and premake() make its spans
     def migrate(self) -> MigrationResult:
         """Apply pending migrations, then make sure the current period and the premake window have partitions."""
         result = migrate(self.settings.database_url.get_secret_value(),
