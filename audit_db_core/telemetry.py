@@ -1,7 +1,10 @@
 """Metrics and traces through the OpenTelemetry API, which is all the library depends on.
 
 With no SDK configured, every instrument is the API's no-op (a proxy that forwards once an application sets a
-global provider), so recording costs a method call. An application that wants the figures configures an SDK as
+global provider), and the hot paths do not even call it: they ask :func:`listening` first (a cheap check) and read
+no clock, build no attribute and start no span while nothing listens. A read answered by the L1 cache is never
+timed and makes no span — an SDK's span or histogram point costs more than the hit; the cache's own tally counts
+it (``audit.cache.hits``). ``AUDIT_TELEMETRY__ENABLED=false`` turns a database's telemetry off altogether. An application that wants the figures configures an SDK as
 usual (``opentelemetry.metrics.set_meter_provider`` / ``trace.set_tracer_provider``) or hands providers to this
 module alone with :func:`configure` (tests do, because the global providers can be set once per process).
 
@@ -255,6 +258,7 @@ def configure(
         _generation += 1
         _meters, _tracer = None, None
     _listen_again()
+    _t()  # made now, not by the next operation's span
     if _registered:
         _build()  # the observable instruments of the databases already open
 
