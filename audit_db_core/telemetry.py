@@ -205,9 +205,8 @@ _PARTITION_STATES = ("active", "archived", "purged")
 class _Meters:
     """The instruments of one meter provider (rebuilt by :func:`configure`)."""
 
-    def __init__(self, provider: metrics.MeterProvider | None, generation: int) -> None:
+    def __init__(self, provider: metrics.MeterProvider | None) -> None:
         meter = metrics.get_meter(SCOPE, _version(), meter_provider=provider)
-        self.generation = generation
         self.sync: dict[str, Any] = {}
         for spec in INSTRUMENTS:
             if spec.kind == "counter":
@@ -220,7 +219,8 @@ class _Meters:
                 create = {"gauge": meter.create_observable_gauge,
                           "observable_counter": meter.create_observable_counter,
                           "observable_up_down_counter": meter.create_observable_up_down_counter}[spec.kind]
-                create(spec.name, [functools.partial(_observe, spec.name, generation)], spec.unit, spec.description)
+                # Bound to the provider: a provider configured again keeps the callbacks it was given first.
+                create(spec.name, [functools.partial(_observe, spec.name, provider)], spec.unit, spec.description)
         h = self.sync
         self.operation = h["db.client.operation.duration"]
         self.written = h["audit.events.written"]
@@ -236,7 +236,6 @@ class _Meters:
 _lock = threading.Lock()
 _meter_provider: metrics.MeterProvider | None = None
 _tracer_provider: trace.TracerProvider | None = None
-_generation = 0
 _meters: _Meters | None = None
 _tracer: trace.Tracer | None = None
 
@@ -252,10 +251,9 @@ def configure(
         telemetry.configure(meter_provider=MeterProvider(metric_readers=[reader]),
                             tracer_provider=tracer_provider)
     """
-    global _meter_provider, _tracer_provider, _generation, _meters, _tracer
+    global _meter_provider, _tracer_provider, _meters, _tracer
     with _lock:
         _meter_provider, _tracer_provider = meter_provider, tracer_provider
-        _generation += 1
         _meters, _tracer = None, None
     _listen_again()
     _t()  # made now, not by the next operation's span
@@ -274,7 +272,7 @@ def _build() -> _Meters:
     global _meters
     with _lock:
         if _meters is None:
-            _meters = _Meters(_meter_provider, _generation)
+            _meters = _Meters(_meter_provider)
         return _meters
 
 
@@ -719,8 +717,8 @@ def _live() -> list[tuple[_Registered, TelemetrySource]]:
     return out
 
 
-def _observe(name: str, generation: int, options: CallbackOptions) -> Iterable[Observation]:
-    if generation != _generation:  # made for providers that configure() replaced
+def _observe(name: str, provider: metrics.MeterProvider | None, options: CallbackOptions) -> Iterable[Observation]:
+    if provider is not _meter_provider:  # made for a provider that configure() replaced
         return []
     out: list[Observation] = []
     for entry, db in _live():

@@ -261,6 +261,16 @@ def test_a_registered_database_is_observed_per_deployment(otel: Collected, setti
                    for attrs, _ in after.get(name, []))
 
 
+def test_a_provider_configured_again_keeps_observing(otel: Collected, settings: AuditSettings) -> None:
+    with AuditDatabase(settings) as db:
+        dep = {"audit.deployment": str(db.deployment_id)}
+        closed = {**dep, "audit.component": "primary", "audit.breaker.state": "closed"}
+        assert value(otel.metrics()["audit.breaker.state"], **closed) == 1
+        telemetry.configure()  # away (an SDK's instruments are made once: the same provider keeps its callbacks) …
+        telemetry.configure(meter_provider=otel.meter_provider, tracer_provider=otel.tracer_provider)  # … and back
+        assert value(otel.metrics()["audit.breaker.state"], **closed) == 1
+
+
 def test_collection_never_queries_more_than_once_per_interval(otel: Collected, settings: AuditSettings) -> None:
     with AuditDatabase(settings.with_overrides(telemetry={"inspect_interval_seconds": 3600})) as db:
         telemetry.refresh(db)  # the first figures
