@@ -422,8 +422,13 @@ class IngestSettings(_Section):
 
 
 class TelemetrySettings(_Section):
-    """OpenTelemetry figures that need queries (audit_db_core.telemetry)."""
+    """OpenTelemetry metrics and spans of the library (audit_db_core.telemetry)."""
 
+    enabled: bool = Field(
+        default=True,
+        description="false: this database records no metric and starts no span, even with an SDK configured, and "
+        "is not observed (the baseline of benchmarks/telemetry_overhead.py)",
+    )
     inspect_interval_seconds: float = Field(
         default=60.0, ge=1, le=86_400,
         description="how often, at most, the health and partition figures of the observable instruments are "

@@ -26,6 +26,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import set_json_loads
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from audit_db_core import telemetry
 from audit_db_core.config import AuditSettings
 from audit_db_core.errors import AuditConnectionError, ConnectionSettingError, classify, redact
 
@@ -185,6 +186,7 @@ class ConnectionManager:
         self._probe_running = False
         self._counters_lock = threading.Lock()
         self._acquires: dict[str, dict[str, float]] = {}
+        self._telemetry = settings.telemetry.enabled  # db.client.connection.wait_time while an SDK listens
         self._server_closed: dict[str, float] = {}  # per pool: when a lent connection was last found closed
         self._caught_up_at: dict[int, float] = {}  # per replica: when a measurement last found it fully replayed
         self._standbys: set[int] = set()  # replicas last measured as standbys while the primary answered
@@ -371,6 +373,8 @@ class ConnectionManager:
     def _count_acquire(self, name: str, started: float, *, ok: bool) -> None:
         """One acquisition as the caller saw it (the pool's own counters see each of its waits separately)."""
         waited = (time.monotonic() - started) * 1000
+        if self._telemetry and telemetry.listening().metrics:
+            telemetry.record_connection_wait(name, waited / 1000)
         with self._counters_lock:
             c = self._acquires.setdefault(name, {"acquisitions": 0, "failed": 0, "wait_ms": 0.0, "max_wait_ms": 0.0})
             c["acquisitions" if ok else "failed"] += 1

@@ -227,9 +227,11 @@ def _insert_many(
     *,
     commit_each: bool,
     on_batch: Callable[[psycopg.Connection[Any], list[dt.datetime]], None] | None = None,
+    observe: bool = False,
 ) -> int:
     """``on_batch(conn, times)`` runs after each batch is written (after its commit when ``commit_each``), with
-    the event times of the batch."""
+    the event times of the batch. ``observe``: record each batch's duration and its events by outcome
+    (:mod:`audit_db_core.telemetry`; only for batches that commit on their own)."""
     written = 0
     seen = 0
     iterator = iter(events)
@@ -238,12 +240,16 @@ def _insert_many(
         if not chunk:
             return written
         rows: list[tuple[Any, ...]] = []
+        began = time.perf_counter() if observe else 0.0
+        new = -1  # stays so when the batch is not stored
         try:
             if commit_each:
                 with conn.transaction():
-                    written += _copy_batch(conn, chunk, seen, rows)
+                    copied = _copy_batch(conn, chunk, seen, rows)
             else:
-                written += _copy_batch(conn, chunk, seen, rows)
+                copied = _copy_batch(conn, chunk, seen, rows)
+            new = copied  # committed (or, in a caller's transaction, written)
+            written += new
             if on_batch is not None:
                 on_batch(conn, [row[_TIME] for row in rows])
         except AuditValidationError as exc:
@@ -255,7 +261,20 @@ def _insert_many(
             if commit_each and seen:
                 err.amend(_STORED_BEFORE.format(seen))
             raise err from exc
+        finally:
+            if observe:
+                _observe_batch(time.perf_counter() - began, len(chunk), new)
         seen += len(chunk)
+
+
+def _observe_batch(seconds: float, size: int, new: int) -> None:
+    """``audit.ingest.batch.duration`` and ``audit.events.written`` of one batch of ``size`` events, ``new`` of
+    them newly stored (``-1``: the batch failed, none stored)."""
+    telemetry.record_batch(seconds, ok=new >= 0)
+    if new >= 0:
+        telemetry.record_events("insert_many", new, duplicates=size - new)
+    else:
+        telemetry.record_events("insert_many", 0, failed=size)
 
 
 def _lsn_after_commit(conn: psycopg.Connection[Any]) -> int:
@@ -346,17 +365,27 @@ class AuditTransaction:
         self._settings = settings
         self._privacy = privacy if privacy is not None else PrivacyManager(None, settings)
         self.written_times: set[dt.datetime] = set()  # for cache invalidation once the transaction commits
+        self.handed = 0  # events given to insert / insert_many, and how many of them were new (telemetry)
+        self.new = 0
 
     def insert(self, event: AuditEvent) -> bool:
         ev = self._privacy.protect_one(_as_event(event, None), self._conn)
         new = _insert_one(self._conn, ev)
         self.written_times.add(ev.event_time)
+        self.handed += 1
+        self.new += new
         return new
 
     def insert_many(self, events: Iterable[AuditEvent | Mapping[str, Any]]) -> int:
         events = self._privacy.protect(events, self._conn)
-        return _insert_many(self._conn, events, self._settings.ingest.batch_size, commit_each=False,
-                            on_batch=lambda _conn, times: self.written_times.update(times))
+        written = _insert_many(self._conn, events, self._settings.ingest.batch_size, commit_each=False,
+                               on_batch=self._batch_written)
+        self.new += written
+        return written
+
+    def _batch_written(self, _conn: psycopg.Connection[Any], times: list[dt.datetime]) -> None:
+        self.written_times.update(times)
+        self.handed += len(times)
 
     def query(self, query: AuditQuery) -> QueryPage:
         return _query(self._conn, self._privacy.translate(_check_query(query), self._conn), self._settings)
@@ -365,12 +394,15 @@ class AuditTransaction:
         return _count(self._conn, self._privacy.translate(_check_query(query), self._conn))
 
 
-def _operation(name: str) -> Any:
-    """Run a method with its driver errors classified (``AuditError`` with the operation in its context)."""
+def _operation(name: str, *, observed: bool = True) -> Any:
+    """Run a method with its driver errors classified (``AuditError`` with the operation in its context) and, while
+    an OpenTelemetry SDK listens, inside :func:`telemetry.operation <audit_db_core.telemetry.operation>` (a span
+    ``<name> audit_log`` and ``db.client.operation.duration``). ``observed=False``: the method observes itself
+    (reads, so that an L1 hit pays for neither)."""
 
     def wrap(fn: Any) -> Any:
         @functools.wraps(fn)
-        def inner(self: AuditDatabase, *args: Any, **kwargs: Any) -> Any:
+        def classified(self: AuditDatabase, *args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
             try:
                 return fn(self, *args, **kwargs)
@@ -381,6 +413,16 @@ def _operation(name: str) -> Any:
                 raise self.errors.handle(exc, operation=name) from exc
             finally:
                 logger.debug("%s took %.3f ms", name, (time.perf_counter() - started) * 1000)
+
+        if not observed:
+            return classified
+
+        @functools.wraps(fn)
+        def inner(self: AuditDatabase, *args: Any, **kwargs: Any) -> Any:
+            if self._telemetry and telemetry.observing():
+                with telemetry.operation(name):
+                    return classified(self, *args, **kwargs)
+            return classified(self, *args, **kwargs)
 
         return inner
 
@@ -429,6 +471,7 @@ class AuditDatabase:
         self._local = threading.local()
         # The commit position of writes is needed to invalidate the cache and to read your own writes.
         self._track_lsn = self.cache.enabled or bool(self.settings.replica_urls)
+        self._telemetry = self.settings.telemetry.enabled  # False: no metric, no span (see telemetry.py)
         self._bookkeeping_lock = threading.Lock()
         self._bookkeeping_failures = 0
 
@@ -438,7 +481,8 @@ class AuditDatabase:
         self.connections.open()
         self.cache.open()
         self.router.start()
-        telemetry.register(self)  # its pools, breakers, replicas, cache, health: observable instruments
+        if self._telemetry:
+            telemetry.register(self)  # its pools, breakers, replicas, cache, health: observable instruments
         return self
 
     def close(self) -> None:
@@ -564,7 +608,7 @@ class AuditDatabase:
 
     # -- schema --------------------------------------------------------------------------------------------------
 
-    @_operation("migrate")
+    @_operation("migrate", observed=False)  # a lifecycle step: migrate() and premake() make its spans
     def migrate(self) -> MigrationResult:
         """Apply pending migrations, then make sure the current period and the premake window have partitions."""
         result = migrate(self.settings.database_url.get_secret_value(),
@@ -665,18 +709,25 @@ class AuditDatabase:
         Retried with jittered backoff on connection errors and timeouts (safe: a retried event is never stored
         twice); refused at once with ``CircuitOpenError`` while the primary's breaker is open.
         """
-        ev = _as_event(event, None)
-
-        def attempt() -> bool:
-            with self._primary("insert") as conn:
-                new = _insert_one(conn, self.privacy.protect_one(ev, conn))
-                self._committed(conn, (ev.event_time,), "insert")
-                return new
-
+        new: bool | None = None  # stays None when the call raises
         try:
-            return self._retrying(attempt)
+            ev = _as_event(event, None)
+
+            def attempt() -> bool:
+                with self._primary("insert") as conn:
+                    new = _insert_one(conn, self.privacy.protect_one(ev, conn))
+                    self._committed(conn, (ev.event_time,), "insert")
+                    return new
+
+            try:
+                new = self._retrying(attempt)
+                return new
+            finally:
+                self._publish("insert")
         finally:
-            self._publish("insert")
+            if self._telemetry and telemetry.listening().metrics:
+                telemetry.record_events("insert", int(new is True), duplicates=int(new is False),
+                                        failed=int(new is None))
 
     @_operation("insert_many")
     def insert_many(self, events: Iterable[AuditEvent | Mapping[str, Any]]) -> int:
@@ -695,7 +746,8 @@ class AuditDatabase:
             with self._primary("insert_many") as conn:
                 events = self.privacy.protect(events, conn)
                 return _insert_many(conn, events, self.settings.ingest.batch_size, commit_each=True,
-                                    on_batch=lambda c, times: self._committed(c, times, "insert_many"))
+                                    on_batch=lambda c, times: self._committed(c, times, "insert_many"),
+                                    observe=self._telemetry and telemetry.listening().metrics)
         finally:
             self._publish("insert_many")  # also after a failure: batches committed before it must reach others
 
@@ -785,16 +837,50 @@ class AuditDatabase:
         encode: Callable[[Any], Any] | None,
         decode: Callable[[Any], Any] | None,
     ) -> tuple[Any, str]:
+        """(result, source): ``kind``'s result from the cache or the server the router picks. Observed past L1 only
+        (:func:`telemetry.read <audit_db_core.telemetry.read>`): an L1 hit takes microseconds, less than a span or a
+        histogram point of an SDK costs, so it is counted by the cache (``audit.cache.hits``) and not timed."""
+        began = time.perf_counter() if self._telemetry else 0.0
         # Restored tables come and go outside the write path the cache follows: such reads always go to a server.
         cacheable = use_cache and self.cache.enabled and consistency != "strong" and not query.include_restored
-        if not cacheable:
-            result, _, source = self._read(kind, send, consistency=consistency, analytics=analytics, min_lsn=min_lsn)
-            return result, source
-        scope = read_scope(query.since, query.until)
-        key = self.cache.key(kind, query.filters(), params)
-        hit = self.cache.get(key, scope, decode, min_generation=min_lsn)
-        if hit is not None:
-            return hit.value, f"cache-{hit.tier}"
+        hit = scope = key = None
+        if cacheable:
+            scope = read_scope(query.since, query.until)
+            key = self.cache.key(kind, query.filters(), params)
+            hit = self.cache.get(key, scope, decode, min_generation=min_lsn)
+            if hit is not None and hit.tier == "l1":
+                return hit.value, "cache-l1"
+
+        def fetch() -> tuple[Any, str]:
+            if hit is not None:
+                return hit.value, f"cache-{hit.tier}"
+            if scope is None or key is None:
+                result, _, source = self._read(kind, send, consistency=consistency, analytics=analytics,
+                                               min_lsn=min_lsn)
+                return result, source
+            return self._read_and_cache(kind, query, send, scope, key, consistency=consistency,
+                                        analytics=analytics, min_lsn=min_lsn, encode=encode)
+
+        if not (self._telemetry and telemetry.observing()):
+            return fetch()
+        with telemetry.read(kind, consistency, began) as call:
+            result, call.source = fetch()
+        return result, call.source
+
+    def _read_and_cache(
+        self,
+        kind: str,
+        query: AuditQuery,
+        send: _Send,
+        scope: tuple[str, ...],
+        key: str,
+        *,
+        consistency: ConsistencyLevel,
+        analytics: bool,
+        min_lsn: int,
+        encode: Callable[[Any], Any] | None,
+    ) -> tuple[Any, str]:
+        """A cache miss: read from a server, then keep the result (with the generations it reflects)."""
         seen = self.cache.generations(scope)
         result, as_of, source = self._read(kind, send, consistency=consistency, analytics=analytics,
                                            min_lsn=min_lsn, lsn=True)
@@ -804,7 +890,7 @@ class AuditDatabase:
             self.cache.set(key, result, scope=scope, limits=limits, closed=closed, encode=encode)
         return result, source
 
-    @_operation("query")
+    @_operation("query", observed=False)  # _cached_read observes what goes past L1
     def query(
         self,
         query: AuditQuery,
@@ -840,7 +926,7 @@ class AuditDatabase:
         )
         return _served(page, source)
 
-    @_operation("count")
+    @_operation("count", observed=False)
     def count(
         self,
         query: AuditQuery,
@@ -872,18 +958,33 @@ class AuditDatabase:
                 tx.insert(first)
                 tx.insert_many(more)
         """
-        with self._primary("transaction") as conn:
-            try:
-                with conn.transaction():
-                    tx = AuditTransaction(conn, self.settings, self.privacy)
-                    yield tx
-            except psycopg.Error as exc:
-                err = classify(exc, operation="transaction")
-                logger.warning("transaction failed: %s", err.message, extra={"audit": err.to_dict()})
-                raise err from exc
-            if tx.written_times:
-                self._committed(conn, tx.written_times, "transaction")
+        with ExitStack() as observed:
+            if self._telemetry and telemetry.observing():
+                observed.enter_context(telemetry.operation("transaction"))
+            with self._primary("transaction") as conn:
+                tx = AuditTransaction(conn, self.settings, self.privacy)
+                committed = False
+                try:
+                    with conn.transaction():
+                        yield tx
+                    committed = True
+                except psycopg.Error as exc:
+                    err = classify(exc, operation="transaction")
+                    logger.warning("transaction failed: %s", err.message, extra={"audit": err.to_dict()})
+                    raise err from exc
+                finally:
+                    self._observe_transaction(tx, committed=committed)
+                if tx.written_times:
+                    self._committed(conn, tx.written_times, "transaction")
         self._publish("transaction")
+
+    def _observe_transaction(self, tx: AuditTransaction, *, committed: bool) -> None:
+        """``audit.events.written`` of a transaction's writes, counted once it has committed or rolled back."""
+        if tx.handed and self._telemetry and telemetry.listening().metrics:
+            if committed:
+                telemetry.record_events("transaction", tx.new, duplicates=tx.handed - tx.new)
+            else:
+                telemetry.record_events("transaction", 0, failed=tx.handed)
 
     # -- health --------------------------------------------------------------------------------------------------
 

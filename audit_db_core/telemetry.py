@@ -1,7 +1,10 @@
 """Metrics and traces through the OpenTelemetry API, which is all the library depends on.
 
 With no SDK configured, every instrument is the API's no-op (a proxy that forwards once an application sets a
-global provider), so recording costs a method call. An application that wants the figures configures an SDK as
+global provider), and the hot paths do not even call it: they ask :func:`listening` first (a cheap check) and read
+no clock, build no attribute and start no span while nothing listens. A read answered by the L1 cache is never
+timed and makes no span — an SDK's span or histogram point costs more than the hit; the cache's own tally counts
+it (``audit.cache.hits``). ``AUDIT_TELEMETRY__ENABLED=false`` turns a database's telemetry off altogether. An application that wants the figures configures an SDK as
 usual (``opentelemetry.metrics.set_meter_provider`` / ``trace.set_tracer_provider``) or hands providers to this
 module alone with :func:`configure` (tests do, because the global providers can be set once per process).
 
@@ -58,7 +61,7 @@ SCOPE = "audit_db_core"
 DB_SYSTEM = "postgresql"
 #: Seconds: the buckets the database semantic conventions advise for ``db.client.operation.duration``.
 DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
-#: Seconds, finer at the bottom: an L1 hit takes tens of microseconds.
+#: Seconds, finer at the bottom: an L2 hit takes a fraction of a millisecond.
 QUERY_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                  2.5, 5.0, 10.0)
 #: Seconds: lifecycle steps and integrity runs take from milliseconds to hours.
@@ -85,16 +88,19 @@ INSTRUMENTS: tuple[Instrument, ...] = (
     Instrument("db.client.operation.duration", "histogram", "s",
                ("db.system.name", "db.operation.name", "error.type"),
                "Duration of a public database operation of AuditDatabase (insert, insert_many, query, count, "
-               "transaction), retries included", DURATION_BUCKETS),
+               "transaction), retries included; a query or count answered by L1 is counted (audit.cache.hits), "
+               "not timed", DURATION_BUCKETS),
     Instrument("audit.events.written", "counter", "{event}", ("db.operation.name", "audit.outcome"),
-               "Events handed to insert / insert_many, by outcome: written (new), duplicate (already stored, "
-               "skipped), failed (not stored: the call raised)"),
+               "Events handed to insert / insert_many (and to a transaction, once it commits), by outcome: "
+               "written (new), duplicate (already stored, skipped), failed (not stored: the call or the batch "
+               "raised)"),
     Instrument("audit.ingest.batch.duration", "histogram", "s", ("audit.outcome",),
                "Duration of one insert_many batch (COPY and commit)", DURATION_BUCKETS),
     Instrument("audit.query.duration", "histogram", "s",
                ("audit.query.source", "audit.consistency", "audit.query.kind"),
-               "Duration of query / count as the caller saw it, by what answered (primary, replica, l1, l2) and "
-               "the consistency asked for", QUERY_BUCKETS),
+               "Duration of query / count as the caller saw it, by what answered (primary, replica, l2) and the "
+               "consistency asked for; L1 hits cost less than a measurement and are counted instead "
+               "(audit.cache.hits, tier l1)", QUERY_BUCKETS),
     Instrument("db.client.connection.wait_time", "histogram", "s", ("db.client.connection.pool.name",),
                "Time a caller waited for a pooled connection", DURATION_BUCKETS),
     # -- recorded by the lifecycle and integrity entry points ----------------------------------------------------
@@ -185,6 +191,7 @@ def prometheus_name(spec: Instrument) -> str:
 SPAN_ATTRIBUTES = frozenset({
     "db.system.name", "db.operation.name", "db.collection.name", "error.type", "audit.lifecycle.operation",
     "audit.integrity.operation", "audit.outcome", "audit.dry_run", "audit.count", "audit.rows",
+    "audit.query.source", "audit.consistency",
 })
 
 _BREAKER_STATES = ("closed", "open", "half_open")
@@ -198,9 +205,8 @@ _PARTITION_STATES = ("active", "archived", "purged")
 class _Meters:
     """The instruments of one meter provider (rebuilt by :func:`configure`)."""
 
-    def __init__(self, provider: metrics.MeterProvider | None, generation: int) -> None:
+    def __init__(self, provider: metrics.MeterProvider | None) -> None:
         meter = metrics.get_meter(SCOPE, _version(), meter_provider=provider)
-        self.generation = generation
         self.sync: dict[str, Any] = {}
         for spec in INSTRUMENTS:
             if spec.kind == "counter":
@@ -213,7 +219,8 @@ class _Meters:
                 create = {"gauge": meter.create_observable_gauge,
                           "observable_counter": meter.create_observable_counter,
                           "observable_up_down_counter": meter.create_observable_up_down_counter}[spec.kind]
-                create(spec.name, [functools.partial(_observe, spec.name, generation)], spec.unit, spec.description)
+                # Bound to the provider: a provider configured again keeps the callbacks it was given first.
+                create(spec.name, [functools.partial(_observe, spec.name, provider)], spec.unit, spec.description)
         h = self.sync
         self.operation = h["db.client.operation.duration"]
         self.written = h["audit.events.written"]
@@ -229,7 +236,6 @@ class _Meters:
 _lock = threading.Lock()
 _meter_provider: metrics.MeterProvider | None = None
 _tracer_provider: trace.TracerProvider | None = None
-_generation = 0
 _meters: _Meters | None = None
 _tracer: trace.Tracer | None = None
 
@@ -245,11 +251,12 @@ def configure(
         telemetry.configure(meter_provider=MeterProvider(metric_readers=[reader]),
                             tracer_provider=tracer_provider)
     """
-    global _meter_provider, _tracer_provider, _generation, _meters, _tracer
+    global _meter_provider, _tracer_provider, _meters, _tracer
     with _lock:
         _meter_provider, _tracer_provider = meter_provider, tracer_provider
-        _generation += 1
         _meters, _tracer = None, None
+    _listen_again()
+    _t()  # made now, not by the next operation's span
     if _registered:
         _build()  # the observable instruments of the databases already open
 
@@ -265,7 +272,7 @@ def _build() -> _Meters:
     global _meters
     with _lock:
         if _meters is None:
-            _meters = _Meters(_meter_provider, _generation)
+            _meters = _Meters(_meter_provider)
         return _meters
 
 
@@ -285,6 +292,61 @@ def _version() -> str:
         return importlib.metadata.version("audit-platform")
     except importlib.metadata.PackageNotFoundError:
         return ""
+
+
+# -- does anything listen? ---------------------------------------------------------------------------------------------
+
+
+class _Listening:
+    """Whether an SDK takes the library's measurements (``metrics``) and spans (``traces``).
+
+    The API's own providers (no-op, or the proxies that forward once an application sets a global provider) take
+    nothing, yet a no-op span still costs microseconds: with neither, the hot paths read no clock, build no
+    attribute and start no span. Worked out again by :func:`configure` and :func:`register`, and at most once a
+    second otherwise (an application may set the global providers after a database opened)."""
+
+    __slots__ = ("metrics", "traces", "until")
+
+    def __init__(self) -> None:
+        self.metrics = self.traces = False
+        self.until = float("-inf")
+
+
+def _from_sdk(provider: object) -> bool:
+    """A provider that records: any but the API package's own (no-op and proxy providers live in it)."""
+    return not type(provider).__module__.startswith(("opentelemetry.metrics", "opentelemetry.trace"))
+
+
+_listening = _Listening()
+
+
+def _listen_again() -> _Listening:
+    meter_provider = _meter_provider if _meter_provider is not None else metrics.get_meter_provider()
+    tracer_provider = _tracer_provider if _tracer_provider is not None else trace.get_tracer_provider()
+    _listening.metrics, _listening.traces = _from_sdk(meter_provider), _from_sdk(tracer_provider)
+    both_given = _meter_provider is not None and _tracer_provider is not None
+    _listening.until = float("inf") if both_given else time.monotonic() + 1.0
+    return _listening
+
+
+def listening() -> _Listening:
+    """Who listens now (``.metrics``, ``.traces``): a cheap check the hot paths make before measuring anything.
+
+    Example::
+
+        if telemetry.listening().metrics:
+            telemetry.record_connection_wait("primary", waited)
+    """
+    found = _listening
+    if time.monotonic() >= found.until:
+        return _listen_again()
+    return found
+
+
+def observing() -> bool:
+    """Whether anything listens at all (metrics or traces)."""
+    found = listening()
+    return found.metrics or found.traces
 
 
 # -- recording (cheap: attribute sets are built once and reused) ---------------------------------------------------
@@ -374,6 +436,83 @@ def span(name: str, *, operation: str, **attributes: str | int | float | bool) -
             current.set_attribute("error.type", error_type(exc))
             current.set_status(Status(StatusCode.ERROR, error_type(exc)))
             raise
+
+
+_COLLECTION = {"db.collection.name": "audit_log"}
+
+
+@contextmanager
+def operation(name: str) -> Iterator[None]:
+    """Observe one public operation of :class:`~audit_db_core.AuditDatabase` (a write, a transaction): the span
+    ``<name> audit_log``, current while the block runs, and ``db.client.operation.duration`` with ``error.type`` when
+    it raised. Call it only when :func:`observing` (it measures whatever listens)."""
+    on = _listening
+    started = time.perf_counter()
+    failure: str | None = None
+    try:
+        if on.traces:
+            with span(f"{name} audit_log", operation=name, **_COLLECTION):
+                yield
+        else:
+            yield
+    except BaseException as exc:
+        failure = error_type(exc)
+        raise
+    finally:
+        if on.metrics:
+            record_operation(name, time.perf_counter() - started, failure)
+
+
+@dataclass
+class ReadCall:
+    """What :func:`read` records when its block ends: set ``source`` (``page.extra["source"]``)."""
+
+    source: str = "other"
+
+
+@contextmanager
+def read(kind: str, consistency: str, started: float) -> Iterator[ReadCall]:
+    """Observe a query (``kind`` ``page``) or a count that went past the L1 cache, begun at ``started``
+    (``time.perf_counter()``): ``audit.query.duration`` by source and consistency, ``db.client.operation.duration``
+    (``query`` / ``count``), and a span that starts at ``started`` — opened only now, once L1 did not answer, so an
+    L1 hit never pays for a span. Call it only when :func:`observing`.
+
+    Example::
+
+        with telemetry.read("page", "eventual", started) as call:
+            page, call.source = fetch()
+    """
+    on = _listening
+    name = "query" if kind == "page" else "count"
+    call = ReadCall()
+    current: trace.Span | None = None
+    if on.traces:
+        start_ns = time.time_ns() - int((time.perf_counter() - started) * 1e9)
+        current = _t().start_span(f"{name} audit_log", kind=SpanKind.CLIENT, start_time=start_ns, attributes={
+            "db.system.name": DB_SYSTEM, "db.operation.name": name, **_COLLECTION, "audit.consistency": consistency})
+    failure: str | None = None
+    try:
+        if current is None:
+            yield call
+        else:
+            with trace.use_span(current, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+                yield call
+    except BaseException as exc:
+        failure = error_type(exc)
+        raise
+    finally:
+        seconds = time.perf_counter() - started
+        if current is not None:
+            if failure:
+                current.set_attribute("error.type", failure)
+                current.set_status(Status(StatusCode.ERROR, failure))
+            else:
+                current.set_attribute("audit.query.source", query_source(call.source))
+            current.end()
+        if on.metrics:
+            record_operation(name, seconds, failure)
+            if failure is None:
+                record_query(call.source, consistency, seconds, kind)
 
 
 def lifecycle(operation: str, *, dry_run_default: bool | None = None) -> Callable[[Callable[P, R]], Callable[P, R]]:
@@ -542,6 +681,7 @@ def register(db: TelemetrySource) -> None:
     with _registered_lock:
         _registered[id(db)] = _Registered(db)
     _m()  # the observable instruments exist from now on
+    _listen_again()  # a provider set since the last look is used from this database's first call
 
 def unregister(db: TelemetrySource) -> None:
     """Stop observing ``db`` (its series end with the next collection)."""
@@ -577,8 +717,8 @@ def _live() -> list[tuple[_Registered, TelemetrySource]]:
     return out
 
 
-def _observe(name: str, generation: int, options: CallbackOptions) -> Iterable[Observation]:
-    if generation != _generation:  # made for providers that configure() replaced
+def _observe(name: str, provider: metrics.MeterProvider | None, options: CallbackOptions) -> Iterable[Observation]:
+    if provider is not _meter_provider:  # made for a provider that configure() replaced
         return []
     out: list[Observation] = []
     for entry, db in _live():

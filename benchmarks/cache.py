@@ -76,7 +76,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 from benchmarks import common  # noqa: E402
 from benchmarks.common import positive_int  # noqa: E402
-from benchmarks.read_data import CheckFailed, principal, read_database  # noqa: E402
+from benchmarks.read_data import CheckFailed, check_principals, principal, read_database  # noqa: E402
 from audit_db_core import AuditDatabase, AuditQuery, AuditSettings  # noqa: E402
 from audit_db_core.cache import CacheSeal, LRUCache, QueryCache, read_scope  # noqa: E402
 
@@ -696,8 +696,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.window_days > args.days:
         parser.error("--window-days cannot exceed --days")
-    if args.principals > 1000:
-        parser.error("--principals must be at most 1000 (principal ids have three digits)")
+    check_principals(parser, args.principals)
     return args
 
 

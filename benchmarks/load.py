@@ -77,7 +77,7 @@ from benchmarks import common  # noqa: E402
 from benchmarks.cache import drop_redis_keys  # noqa: E402
 from benchmarks.common import positive_int  # noqa: E402
 from benchmarks.read_data import (  # noqa: E402
-    ACTIONS, ORGANIZATIONS, CheckFailed, count_rows, organization, principal, read_database,
+    ACTIONS, ORGANIZATIONS, CheckFailed, check_principals, count_rows, organization, principal, read_database,
 )
 from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings  # noqa: E402
 from audit_db_core.errors import redact  # noqa: E402
@@ -563,8 +563,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the shapes and the clients' choices (1)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON report ({DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
-    if args.principals > 1000:
-        parser.error("--principals must be at most 1000 (principal ids have three digits)")
+    check_principals(parser, args.principals)
     if args.max_batch < 2:
         parser.error("--max-batch must be at least 2")
     if args.pause_ms < 0:

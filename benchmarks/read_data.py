@@ -53,6 +53,12 @@ def principal(k: int) -> str:
     return f"user-{k:03d}"
 
 
+def check_principals(parser: Any, principals: int) -> None:
+    """Refuse ``--principals`` beyond what :func:`principal`'s three digits name (``parser.error`` exits)."""
+    if principals > 1000:
+        parser.error("--principals must be at most 1000 (principal ids have three digits)")
+
+
 def organization(k: int) -> str:
     return f"org-{k:02d}"
 

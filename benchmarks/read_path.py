@@ -74,7 +74,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 from benchmarks import common  # noqa: E402
 from benchmarks.cache import drop_redis_keys, load_average, quotient, summary_ms  # noqa: E402
 from benchmarks.common import positive_int  # noqa: E402
-from benchmarks.read_data import CheckFailed, principal, read_database, utc_midnight, wait_replayed  # noqa: E402
+from benchmarks.read_data import (  # noqa: E402
+    CheckFailed,
+    check_principals,
+    principal,
+    read_database,
+    utc_midnight,
+    wait_replayed,
+)
 from benchmarks.roundtrips import RoundTripProxy  # noqa: E402
 from audit_db_core import AuditDatabase, AuditQuery, AuditSettings  # noqa: E402
 from audit_db_core.connections import configure_connection, connect_kwargs  # noqa: E402
@@ -407,8 +414,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=1, help="seed of the lookup order (1)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON report ({DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)
-    if args.principals > 1000:
-        parser.error("--principals must be at most 1000 (principal ids have three digits)")
+    check_principals(parser, args.principals)
     return args
 
 

@@ -17,6 +17,8 @@ from audit_db_core import telemetry
 class Collected:
     reader: Any  # InMemoryMetricReader
     exporter: Any  # InMemorySpanExporter
+    tracer_provider: Any  # the TracerProvider: an application's own spans, around the library's
+    meter_provider: Any  # the MeterProvider
 
     def metrics(self) -> dict[str, list[tuple[dict[str, Any], Any]]]:
         """Every metric collected now: name → [(attributes, value)], a histogram's value being its data point
@@ -52,7 +54,7 @@ def otel() -> Iterator[Collected]:
     tracers.add_span_processor(SimpleSpanProcessor(exporter))
     telemetry.configure(meter_provider=meters, tracer_provider=tracers)
     try:
-        yield Collected(reader, exporter)
+        yield Collected(reader, exporter, tracers, meters)
     finally:
         telemetry.configure()
         meters.shutdown()

@@ -34,6 +34,14 @@ def bench_env(servers: Any) -> dict[str, str]:
     return env
 
 
+def run_benchmark(script: Path, arguments: list[str], servers: Any, output: Path, *, timeout: float = 240) -> Run:
+    """Run a benchmark script on the session's servers: (the finished process, its JSON report); it must exit 0."""
+    proc = subprocess.run([sys.executable, str(script), *arguments, "--output", str(output)],
+                          cwd=REPO, env=bench_env(servers), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc, json.loads(output.read_text())
+
+
 @pytest.fixture(scope="module")
 def small_run(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Run:
     output = tmp_path_factory.mktemp("bench") / "cache.json"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.core.test_benchmark_cache import bench_env
+from tests.core.test_benchmark_cache import bench_env, run_benchmark
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "read_path.py"
@@ -27,11 +26,7 @@ SMALL = ["--rows", "3000", "--principals", "10", "--shapes", str(SHAPES), "--loo
 
 @pytest.fixture(scope="module")
 def small_run(servers: Any, tmp_path_factory: pytest.TempPathFactory) -> Run:
-    output = tmp_path_factory.mktemp("bench") / "read_path.json"
-    proc = subprocess.run([sys.executable, str(SCRIPT), *SMALL, "--output", str(output)],
-                          cwd=REPO, env=bench_env(servers), capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    return proc, json.loads(output.read_text())
+    return run_benchmark(SCRIPT, SMALL, servers, tmp_path_factory.mktemp("bench") / "read_path.json")
 
 
 def test_every_method_was_timed_and_served_where_it_claims(small_run: Run, servers: Any) -> None:

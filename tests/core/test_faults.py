@@ -31,7 +31,7 @@ from audit_db_core.breakers import BreakerState
 from audit_db_core.errors import CircuitOpenError
 from audit_local.servers import LocalEndpoints, LocalServers
 from audit_db_core.migrate import migrate
-from tests.telemetry import Collected, otel, value  # noqa: F401 - otel is a fixture
+from tests.telemetry import Collected, all_attribute_values, otel, value  # noqa: F401 - otel is a fixture
 
 pytestmark = [pytest.mark.slow, pytest.mark.local_servers]
 
@@ -266,6 +266,15 @@ def test_redis_outage_shows_in_the_metrics_and_the_health_actions(
                                                                  "audit.breaker.to": "open"}) >= 1
         assert report.components["redis"].action == health.REDIS_DOWN
         assert health.REDIS_DOWN in (report.components["breakers"].action or "")
+    # every query of the outage was answered by the primary (no replica here), timed as such, and none failed
+    asked_during = next(asked)
+    queries = value(got["audit.query.duration"], **{"audit.query.source": "primary", "audit.consistency": "eventual",
+                                                    "audit.query.kind": "page"})
+    assert queries.count == asked_during
+    assert not [a for a, _ in got["db.client.operation.duration"] if "error.type" in a]
+    spans = [s for s in otel.spans() if s.name == "query audit_log"]
+    assert len(spans) == asked_during and {s.attributes["audit.query.source"] for s in spans} == {"primary"}
+    assert not any("otel-redis-" in text for text in all_attribute_values(otel))  # no principal of the queries
 
 
 def test_replica_outage_shows_in_the_metrics_and_the_health_actions(
@@ -275,6 +284,7 @@ def test_replica_outage_shows_in_the_metrics_and_the_health_actions(
     with AuditDatabase(fault_settings(ep, cache={"enabled": False})) as db:
         dep = {"audit.deployment": str(db.deployment_id)}
         assert wait_for(lambda: db.router.in_rotation() == ["replica-0"])
+        assert db.query(AuditQuery(), consistency="eventual").extra["source"] == "replica-0"
         before = otel.metrics()
         servers.stop("replica")
         try:
@@ -295,6 +305,15 @@ def test_replica_outage_shows_in_the_metrics_and_the_health_actions(
     assert value(during["audit.health.status"], **dep, **{"audit.health.status": "degraded"}) == 1
     assert value(after["audit.replica.in_rotation"], **rotation) == 1
     assert report.components["replica-0"].action == health.REPLICA_DOWN
+    # the eventual read went to the replica before the stop, to the primary during it: each timed by its source
+    eventual = {"audit.consistency": "eventual", "audit.query.kind": "page"}
+    assert value(before["audit.query.duration"], **eventual, **{"audit.query.source": "replica"}).count == 1
+    assert value(during["audit.query.duration"], **eventual, **{"audit.query.source": "replica"}).count == 1
+    assert value(during["audit.query.duration"], **eventual, **{"audit.query.source": "primary"}).count == 1
+    sources = [s.attributes["audit.query.source"] for s in otel.spans() if s.name == "query audit_log"]
+    assert sources == ["replica", "primary"]
+    assert value(during["db.client.connection.wait_time"],
+                 **{"db.client.connection.pool.name": "replica-0"}).count >= 1
 
 
 # -- the primary lost: reads go on from the replica; a promoted replica takes the writes -----------------------------
