@@ -85,11 +85,6 @@ def test_switchover_through_patroni_writes_go_on_on_the_new_leader(
     _assert_acknowledged_exactly_once(switchover)
 
 
-@pytest.mark.xfail(
-    reason="issue #15 items 0-1 (in progress elsewhere): while the primary's breaker is open after the switch, the "
-    "replica monitor cannot measure lag and eventual reads fall to the primary and fail",
-    strict=False,
-)
 def test_switchover_through_patroni_fails_no_read(switchover: dict[str, Any]) -> None:
     assert switchover["reads"]["ok"] > 0
     assert switchover["reads"]["failed"] == 0, switchover["reads"]
