@@ -1,5 +1,5 @@
 """Two-tier query cache: L1 in process (LRU + TTL + byte bound, :mod:`audit_db_core.cache_lru`), L2 in Redis
-(compressed JSON, never pickle, :mod:`audit_db_core.cache_codec`; encrypted and authenticated,
+(compressed MessagePack, never pickle, :mod:`audit_db_core.cache_codec`; encrypted and authenticated,
 :mod:`audit_db_core.cache_seal`).
 
 Keys: a query's cache key is ``{query_type}:{sha256(normalized query)}:{sha256(params)}`` (L1 uses it as is); in
@@ -72,7 +72,7 @@ import msgspec
 
 from audit_db_core.breakers import BreakerRegistry, CircuitBreaker
 from audit_db_core.cache_codec import VERSION as _VALUE_FORMAT
-from audit_db_core.cache_codec import decode_value, encode_json, encode_value
+from audit_db_core.cache_codec import decode_value, encode_value
 from audit_db_core.cache_lru import LRUCache
 from audit_db_core.cache_scopes import ALL, range_scopes, read_scope, write_scopes  # noqa: F401 (re-exported)
 from audit_db_core.cache_seal import SEAL_OVERHEAD as _SEAL_OVERHEAD
@@ -164,6 +164,15 @@ def _digest(value: Any) -> str:
 
 
 
+def _resp(*args: str) -> bytes:
+    """A Redis command in the protocol's own form (RESP: an array of bulk strings)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
 def _memoized(memo: dict[Any, Any], key: Any, compute: Callable[[], Any]) -> Any:
     """``memo[key]``, computed on a miss; the memo is emptied when full (bounded memory, no LRU bookkeeping).
     Only results are kept: a computation that raises (a value refused) is never remembered."""
@@ -240,6 +249,7 @@ class QueryCache:
         self._gens_lock = threading.Lock()
         # Hot L2 reads meet the same counters and keys again and again: their HMACs are computed once.
         self._verified: dict[tuple[tuple[str, ...], tuple[Any, ...]], dict[str, int]] = {}
+        self._hmgets: dict[tuple[str, tuple[str, ...]], bytes] = {}  # the HMGET of each scope, packed (_l2_get)
         self._l2_keys: dict[str, str] = {}
         self._pending: dict[str, int] = {}  # bumps Redis has not received yet (it was down)
         self._redis: Any = None
@@ -509,8 +519,8 @@ class QueryCache:
         if self._redis is None:
             return None
         # A codec of cache_codec (a page) names the type its payload decodes into, in the envelope's pass.
-        json_type = getattr(decode, "json_type", Any)
-        found = self._l2_get(key, scope, json_type)
+        payload_type = getattr(decode, "payload_type", Any)
+        found = self._l2_get(key, scope, payload_type)
         if found is None:
             self._count("l2_misses")
             return None
@@ -519,7 +529,7 @@ class QueryCache:
             self._count("l2_misses")
             return None
         try:
-            if json_type is not Any:
+            if payload_type is not Any:
                 value = decode.from_typed(payload)  # type: ignore[union-attr]
             else:
                 value = decode(payload) if decode is not None else payload
@@ -533,24 +543,28 @@ class QueryCache:
         return CacheHit(value, "l2")
 
     def _l2_get(self, key: str, scope: tuple[str, ...],
-                json_type: Any) -> tuple[Any, tuple[int, ...], float, int] | None:
+                payload_type: Any) -> tuple[Any, tuple[int, ...], float, int] | None:
         """``(payload, limits, seconds left, size)`` of the L2 value of ``key``, if valid for ``scope``; the payload
-        decoded as ``json_type``."""
+        decoded as ``payload_type``."""
         ns = self._namespace()
         if ns is None or not self._flush_pending():
             return None
         redis_key = self._l2_key(ns, key)
 
+        # One round trip: the value and the counters of its scope, sent together on one pooled connection. No PTTL:
+        # the value's own authenticated creation time and TTL say how long it may still live. The two commands are
+        # written and read on the connection directly, as redis-py's pipeline does, without its per-call objects
+        # (~0.1 ms of an L2 hit, measured; see benchmarks/README.md), and in the protocol's own form, the counters'
+        # command made once per scope (redis-py's packing took as long again, a month's scope being 30 keys).
+        command = _resp("GET", redis_key) + _memoized(
+            self._hmgets, (ns.gen_key, scope), lambda: _resp("HMGET", ns.gen_key, *scope))
+
         def fetch() -> Any:
-            # One round trip: the value and the counters of its scope, sent together on one pooled connection. No
-            # PTTL: the value's own authenticated creation time and TTL say how long it may still live. The two
-            # commands are written and read on the connection directly, as redis-py's pipeline does, without its
-            # per-call objects (~0.1 ms of an L2 hit, measured; see benchmarks/README.md).
             pool = self._redis.connection_pool
             conn = pool.get_connection()
 
             def once() -> list[Any]:
-                conn.send_packed_command(conn.pack_commands([("GET", redis_key), ("HMGET", ns.gen_key, *scope)]))
+                conn.send_packed_command([command])
                 return [conn.read_response(), conn.read_response()]
 
             try:
@@ -569,7 +583,7 @@ class QueryCache:
             return None
         try:
             remote = self._remote_generations(ns, scope, gens)
-            limits, payload, ttl_left = self._open_value(redis_key, blob, scope, json_type)
+            limits, payload, ttl_left = self._open_value(redis_key, blob, scope, payload_type)
         except _Refused as refused:
             self._reject(refused)
             return None
@@ -589,11 +603,11 @@ class QueryCache:
         return remote
 
     def _open_value(self, redis_key: str, blob: bytes, scope: tuple[str, ...],
-                    json_type: Any) -> tuple[tuple[int, ...], Any, float]:
+                    payload_type: Any) -> tuple[tuple[int, ...], Any, float]:
         """``(limits, payload, seconds it may still live)`` of a sealed L2 value; :class:`_Refused` otherwise."""
         assert self._seal is not None
         limit = self.settings.cache.max_value_bytes
-        if len(blob) > limit + _SEAL_OVERHEAD + 1024:  # zlib never grows data by more than a few bytes per 16 KB
+        if len(blob) > limit + _SEAL_OVERHEAD + 8:  # never more than the envelope and its marker: see encode_value
             raise _Refused(f"larger than AUDIT_CACHE__MAX_VALUE_BYTES ({limit})")
         plaintext, created_ms, ttl_ms = self._seal.unseal(redis_key, blob)
         age_ms = int(time.time() * 1000) - created_ms
@@ -602,7 +616,7 @@ class QueryCache:
         if age_ms > ttl_ms:
             raise _Refused("older than its TTL: a copy written back (a replay)",
                            suspicious=age_ms > ttl_ms + _CLOCK_TOLERANCE_MS)
-        limits, payload = decode_value(plaintext, limit, scope, json_type)
+        limits, payload = decode_value(plaintext, limit, scope, payload_type)
         return limits, payload, max(ttl_ms - max(age_ms, 0), 1) / 1000
 
     def set(
@@ -623,14 +637,13 @@ class QueryCache:
             return
         cfg = self.settings.cache
         ttl = cfg.closed_window_ttl_seconds if closed else cfg.ttl_seconds
-        to_json = getattr(encode, "json_bytes", None)  # a codec that writes JSON text itself (cache_codec)
+        document = getattr(encode, "document", None)  # a codec with a typed document of its own (cache_codec)
         try:
-            payload = to_json(value) if to_json is not None else \
-                encode_json(encode(value) if encode is not None else value)
-        except (TypeError, ValueError, OverflowError) as exc:  # not JSON: not cached, and not the caller's problem
+            payload = document(value) if document is not None else encode(value) if encode is not None else value
+            plaintext, size = encode_value(scope, limits, payload)
+        except (TypeError, ValueError, OverflowError) as exc:  # not encodable: not cached, not the caller's problem
             logger.debug("cache: a %s result is not cached (%s)", type(value).__name__, type(exc).__name__)
             return
-        plaintext, size = encode_value(scope, limits, payload)
         now = self._clock()
         self.l1.put(key, (value, now, scope, limits), size=len(plaintext), ttl=ttl)
         self._count("sets")

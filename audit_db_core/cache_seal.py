@@ -1,6 +1,6 @@
 """Sealing what the query cache keeps in Redis (see :mod:`audit_db_core.cache` for why Redis is not trusted):
-AES-256-GCM values bound to their Redis key, HMAC-tagged counters, messages and breaker states, and a bounded
-decompression. Whatever fails here is a :class:`Refused` value — a cache miss, never an error.
+AES-256-GCM values bound to their Redis key, and HMAC-tagged counters, messages and breaker states. Whatever fails
+here is a :class:`Refused` value — a cache miss, never an error.
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ import hashlib
 import hmac
 import os
 import struct
-import zlib
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -108,17 +107,3 @@ class CacheSeal:
         if not sep or not lsn.isdigit() or not hmac.compare_digest(tag, self.tag("gen", gen_key, f"{scope}={lsn}")):
             raise Refused("generation counter failed authentication")
         return int(lsn)
-
-
-def inflate(blob: bytes, limit: int) -> bytes:
-    """Decompress at most ``limit`` bytes: a larger (or endless) stream is refused, never inflated."""
-    inflater = zlib.decompressobj()
-    try:
-        out = inflater.decompress(blob, limit)
-    except zlib.error:
-        raise Refused("undecodable (not zlib)") from None
-    if inflater.unconsumed_tail:
-        raise Refused(f"larger than AUDIT_CACHE__MAX_VALUE_BYTES ({limit}) once decompressed")
-    if not inflater.eof or inflater.unused_data:
-        raise Refused("undecodable (truncated or trailing data)")
-    return out

@@ -20,7 +20,7 @@ What is measured
    ``--shapes`` queries (one principal each, the ``--window-days`` days before today: closed windows, pages of
    ``--page-size``), ``--lookups`` timed lookups per tier, the three tiers interleaved shape by shape:
    ``database`` (``use_cache=False``, served by a replica when there is one), ``l2`` (``db.cache.l1.clear()``
-   untimed before each lookup, so it is answered from Redis: verify and decrypt, decompress, JSON, rebuild the
+   untimed before each lookup, so it is answered from Redis: verify and decrypt, decompress, decode, rebuild the
    page) and ``l1`` (an in-process hit). Every lookup checks where it was served (``page.extra["source"]``) and
    that its events are those the database returned. Reported: p50/p95/p99/mean/max in ms, ratios
    ``database / l1`` and ``database / l2`` (p50 and p99), the cache's own stats, and the router's read counts.
@@ -62,7 +62,6 @@ import subprocess
 import sys
 import time
 import uuid
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,7 +293,7 @@ def bench_settings(url: str, replica_urls: list[str], redis_url: str | None, pre
 
 
 def measure_sealing(db: AuditDatabase, query: AuditQuery, redis_url: str, repeats: int) -> dict[str, Any]:
-    """What sealing costs on one cached page as L2 holds it: AES-256-GCM seal and open of its compressed JSON
+    """What sealing costs on one cached page as L2 holds it: AES-256-GCM seal and open of its compressed MessagePack
     (median of ``repeats``, in µs), against the page's sizes. Untimed by the tiers above; a breakdown of them."""
     import redis
 
@@ -321,7 +320,8 @@ def measure_sealing(db: AuditDatabase, query: AuditQuery, redis_url: str, repeat
         "repeats": repeats,
         "sealed_bytes": len(blob),
         "compressed_bytes": len(compressed),
-        "json_bytes": len(zlib.decompress(compressed)),
+        # The envelope's own size: stated after the marker when LZ4-compressed (bit 0), else what follows it.
+        "envelope_bytes": int.from_bytes(compressed[1:5], "big") if compressed[0] & 1 else len(compressed) - 1,
         "seal_us_p50": round(statistics.median(seal_s) * 1e6, 2),
         "open_us_p50": round(statistics.median(open_s) * 1e6, 2),
     }
@@ -644,7 +644,7 @@ def format_table(report: dict[str, Any]) -> str:
                  f"bypassed {stats['bypassed']}, refused {stats.get('l2_rejected', 0)}")
     sealing = lat.get("l2_sealing")
     if sealing:
-        lines.append(f"  L2 value of a page: {sealing['json_bytes']:,} B JSON, {sealing['compressed_bytes']:,} B "
+        lines.append(f"  L2 value of a page: {sealing['envelope_bytes']:,} B MessagePack, {sealing['compressed_bytes']:,} B "
                      f"compressed, {sealing['sealed_bytes']:,} B sealed; AES-256-GCM seal "
                      f"{sealing['seal_us_p50']:.1f} us, open {sealing['open_us_p50']:.1f} us (p50)")
     compare = lat.get("compare")

@@ -2,18 +2,20 @@
 from the page to the sealed bytes (what ``QueryCache.set`` does) and from the sealed bytes back to a ``QueryPage``
 (what an L2 hit does), plus a Redis ``GET`` of the sealed value (what its size costs on the wire).
 
-Candidates (each with zlib level 1 and without; every one sealed with AES-256-GCM as L2 values are):
+Candidates (each uncompressed, with zlib level 1 and with LZ4 — Arrow's raw LZ4 block codec, as the cache uses it;
+every one sealed with AES-256-GCM as L2 values are):
 
 - ``json`` — the stdlib ``json`` format of cache format 2 (rows with ISO times and hex hashes, rebuilt field by
   field through ``StoredAuditEvent.from_row``): the baseline;
 - ``orjson`` — ``orjson.dumps`` / ``orjson.loads`` of the same rows (``orjson`` writes UUIDs, times and enums
   itself; hashes as hex), values converted back in Python, events made as ``cache_codec`` makes them;
-- ``msgspec_json`` — what the cache stores (``audit_db_core.cache_codec``): ``msgspec`` JSON, rows decoded by a
-  typed decoder straight into UUIDs, aware datetimes, enums and bytes;
-- ``msgspec_msgpack`` — the same types in MessagePack (``msgspec.msgpack``).
+- ``msgspec_json`` — cache format 3: ``msgspec`` JSON, rows decoded by a typed decoder straight into UUIDs, aware
+  datetimes, enums and bytes;
+- ``msgspec_msgpack`` — what the cache stores (format 4, ``audit_db_core.cache_codec``): the same types in
+  MessagePack, decoded by ``cache_codec.decode_value``; ``msgspec_msgpack+lz4`` is the cache's value.
 
 Each decode is checked: the events equal the database's (``model_dump``) and their hashes match. Used by
-``benchmarks/cache.py`` (``latency.l2_codecs`` in its report); never pickle, so pickle is not a candidate.
+``benchmarks/read_path.py`` (``l2_codecs`` in its report); never pickle, so pickle is not a candidate.
 """
 
 from __future__ import annotations
@@ -29,16 +31,9 @@ from typing import Any
 
 import msgspec
 
-from audit_db_core.cache_codec import (
-    _Envelope,
-    _events,
-    _Page,
-    decode_value,
-    encode_json,
-    page_from_json,
-    page_to_json,
-)
-from audit_db_core.cache_seal import CacheSeal, inflate
+from benchmarks.read_data import CheckFailed
+from audit_db_core.cache_codec import VERSION, _codec, _Envelope, _events, _Page, decode_value, page_from_json, page_to_json
+from audit_db_core.cache_seal import CacheSeal
 from audit_db_core.events import EVENT_COLUMNS, DataClassification, EventStatus, StoredAuditEvent
 from audit_db_core.query import QueryPage
 
@@ -113,35 +108,45 @@ def _orjson_decode(text: bytes) -> QueryPage:
 
 # -- msgspec -----------------------------------------------------------------------------------------------------------
 
+_json_encoder = msgspec.json.Encoder(enc_hook=str)
+_json_envelope = msgspec.json.Decoder(_Envelope[_Page])
+_packer = msgspec.msgpack.Encoder(enc_hook=str, uuid_format="bytes")  # as cache_codec's
+
 
 def _msgspec_json_encode(page: QueryPage, scope: list[str], limits: list[int]) -> bytes:
-    return encode_json(_Envelope(3, scope, limits, msgspec.Raw(page_to_json.json_bytes(page))))
+    return _json_encoder.encode(_Envelope(3, scope, limits, page_to_json.document(page)))
 
 
-def _msgspec_json_decode(text: bytes, scope: tuple[str, ...]) -> QueryPage:
-    _, doc = decode_value(text, LIMIT, scope, page_from_json.json_type)
-    return page_from_json.from_typed(doc)
-
-
-class _PackedEnvelope(msgspec.Struct):
-    v: int
-    s: list[str]
-    l: list[int]  # noqa: E741
-    p: _Page
-
-
-_packer = msgspec.msgpack.Encoder()
-_unpacker = msgspec.msgpack.Decoder(_PackedEnvelope)
+def _msgspec_json_decode(text: bytes) -> QueryPage:
+    return page_from_json.from_typed(_json_envelope.decode(text).p)
 
 
 def _msgpack_encode(page: QueryPage, scope: list[str], limits: list[int]) -> bytes:
-    doc = _Page([e.__dict__ for e in page.events], page.next_cursor, page.limit, page.extra)  # type: ignore[misc]
-    return _packer.encode(_PackedEnvelope(3, scope, limits, doc))
+    return _packer.encode(_Envelope(VERSION, scope, limits, page_to_json.document(page)))
 
 
-def _msgpack_decode(text: bytes) -> QueryPage:
-    doc = _unpacker.decode(text).p
-    return QueryPage(events=_events(doc.rows), next_cursor=doc.next, limit=doc.limit, extra=doc.extra)
+def _msgpack_decode(text: bytes, scope: tuple[str, ...]) -> QueryPage:
+    _, doc = decode_value(b"\x00" + text, LIMIT, scope, page_from_json.payload_type)  # marker 0: as is
+    return page_from_json.from_typed(doc)
+
+
+# -- compression -------------------------------------------------------------------------------------------------------
+
+
+def _lz4_compress(body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + _codec().compress(body, asbytes=True)
+
+
+def _lz4_decompress(blob: bytes) -> bytes:
+    return _codec().decompress(blob[4:], decompressed_size=int.from_bytes(blob[:4], "big"),  # type: ignore[no-any-return]
+                               asbytes=True)
+
+
+COMPRESSIONS: dict[str, tuple[Callable[[bytes], bytes], Callable[[bytes], bytes]]] = {
+    "": (lambda body: body, lambda blob: blob),
+    "+zlib": (lambda body: zlib.compress(body, 1), zlib.decompress),
+    "+lz4": (_lz4_compress, _lz4_decompress),
+}
 
 
 # -- the comparison ----------------------------------------------------------------------------------------------------
@@ -161,9 +166,8 @@ def compare(page: QueryPage, scope: tuple[str, ...], seal: CacheSeal, redis_clie
     s, limits = list(scope), [1] * len(scope)
     encodings: dict[str, tuple[Callable[[], bytes], Callable[[bytes], QueryPage]]] = {
         "json": (lambda: _json_encode(page, s, limits), _json_decode),
-        "msgspec_json": (lambda: _msgspec_json_encode(page, s, limits),
-                         lambda text: _msgspec_json_decode(text, scope)),
-        "msgspec_msgpack": (lambda: _msgpack_encode(page, s, limits), _msgpack_decode),
+        "msgspec_json": (lambda: _msgspec_json_encode(page, s, limits), _msgspec_json_decode),
+        "msgspec_msgpack": (lambda: _msgpack_encode(page, s, limits), lambda text: _msgpack_decode(text, scope)),
     }
     if orjson is not None:
         encodings["orjson"] = (lambda: _orjson_encode(page, s, limits), _orjson_decode)
@@ -172,26 +176,24 @@ def compare(page: QueryPage, scope: tuple[str, ...], seal: CacheSeal, redis_clie
     steps: dict[str, tuple[Callable[[], Any], Callable[[], Any], Callable[[], Any]]] = {}
     sizes: dict[str, tuple[int, int]] = {}
     for name, (encode, decode) in encodings.items():
-        for compressed in (True, False):
-            label = f"{name}+zlib" if compressed else name
+        for suffix, (squeeze, unsqueeze) in COMPRESSIONS.items():
+            label = name + suffix
             redis_key = f"{key_prefix}:codec:{label}"
 
-            def write(compressed: bool = compressed, redis_key: str = redis_key, encode: Any = encode) -> bytes:
-                body = encode()
-                return seal.seal(redis_key, zlib.compress(body, 1) if compressed else body, created_ms=now_ms,
-                                 ttl_ms=600_000)
+            def write(squeeze: Any = squeeze, redis_key: str = redis_key, encode: Any = encode) -> bytes:
+                return seal.seal(redis_key, squeeze(encode()), created_ms=now_ms, ttl_ms=600_000)
 
             blob = write()
 
-            def read(blob: bytes = blob, compressed: bool = compressed, redis_key: str = redis_key,
+            def read(blob: bytes = blob, unsqueeze: Any = unsqueeze, redis_key: str = redis_key,
                      decode: Any = decode) -> QueryPage:
-                body = seal.unseal(redis_key, blob)[0]
-                return decode(inflate(body, LIMIT) if compressed else body)
+                return decode(unsqueeze(seal.unseal(redis_key, blob)[0]))
 
             got = read()
             if [e.model_dump() for e in got.events] != expected or not all(e.hash_matches for e in got.events):
-                raise AssertionError(f"{label}: the decoded page differs from the database's")
+                raise CheckFailed(f"{label}: the decoded page differs from the database's")
             redis_client.set(redis_key, blob, px=600_000)
+
             def fetch(redis_key: str = redis_key) -> Any:
                 return redis_client.get(redis_key)
 

@@ -39,6 +39,9 @@ how often the client waited for the server), on an ``AuditDatabase`` of their ow
 ``consistency="eventual"`` (served by the replica) and with ``after_lsn`` (the replica must have replayed a
 position: its replay position is read before the query).
 
+The L2 encodings (:mod:`benchmarks.cache_codecs`: stdlib JSON, orjson, msgspec JSON, msgspec MessagePack, each
+plain, zlib and LZ4) are compared on the first shape's page, ``--codec-repeats`` times each (``l2_codecs``).
+
 Targets (issue #13; printed met / MISSED, never an exit status): ``query`` p50 <= 1.25 x raw, p99 <= 1.5 x raw,
 1 round trip per uncached query; an L2 hit p50 <= 0.7 x raw.
 
@@ -71,7 +74,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script: make `benchmarks` importable
 
-from benchmarks import common  # noqa: E402
+from benchmarks import cache_codecs, common  # noqa: E402
 from benchmarks.cache import drop_redis_keys, load_average, quotient, summary_ms  # noqa: E402
 from benchmarks.common import positive_int  # noqa: E402
 from benchmarks.read_data import (  # noqa: E402
@@ -84,6 +87,7 @@ from benchmarks.read_data import (  # noqa: E402
 )
 from benchmarks.roundtrips import RoundTripProxy  # noqa: E402
 from audit_db_core import AuditDatabase, AuditQuery, AuditSettings  # noqa: E402
+from audit_db_core.cache import CacheSeal, read_scope  # noqa: E402
 from audit_db_core.connections import configure_connection, connect_kwargs  # noqa: E402
 from audit_db_core.query import select_statement  # noqa: E402
 
@@ -94,6 +98,8 @@ QUERY_P50_TARGET = 1.25
 QUERY_P99_TARGET = 1.5
 ROUND_TRIPS_TARGET = 1
 L2_P50_TARGET = 0.7
+CODEC_STORED = "msgspec_msgpack+lz4"  # what the cache writes (audit_db_core.cache_codec)
+CODEC_BASELINE = "msgspec_json+zlib"  # what it wrote before (cache format 3)
 _SERVER_SETTINGS = ("fsync", "shared_buffers", "plan_cache_mode", "TimeZone", "jit")
 
 
@@ -244,6 +250,31 @@ def measure(db: AuditDatabase, raw_conn: psycopg.Connection[Any], tuned_conn: ps
             "cache_stats": db.cache.stats()}
 
 
+def compare_codecs(db: AuditDatabase, shape: Shape, redis_url: str | None, prefix: str,
+                   args: argparse.Namespace) -> dict[str, Any] | None:
+    """The L2 encodings of :mod:`benchmarks.cache_codecs` on the first shape's page, as the database returns it
+    (needs Redis: each candidate's sealed value is also fetched with a ``GET``)."""
+    if redis_url is None:
+        return None
+    import redis
+
+    page = db.query(shape.query, use_cache=False)
+    assert shape.query.since is not None and shape.query.until is not None
+    seal = CacheSeal(db.settings.cache.key_bytes)  # type: ignore[arg-type]
+    client = redis.Redis.from_url(redis_url)
+    try:
+        out = cache_codecs.compare(page, read_scope(shape.query.since, shape.query.until), seal, client, prefix,
+                                   repeats=args.codec_repeats)
+    finally:
+        client.close()
+    base = out["candidates"][CODEC_BASELINE]["hit_us"]
+    for c in out["candidates"].values():
+        c["hit_over_baseline"] = quotient(c["hit_us"], base)
+    out["stored"], out["baseline"] = CODEC_STORED, CODEC_BASELINE
+    log(f"L2 encodings compared on one page ({args.codec_repeats} repeats)")
+    return out
+
+
 # -- round trips -----------------------------------------------------------------------------------------------------
 
 
@@ -348,6 +379,17 @@ def format_table(report: dict[str, Any]) -> str:
     extra = {k: v for k, v in trips.items() if k.startswith("query_")}
     if extra:
         lines.append("  round trips, on the replica: " + ", ".join(f"{k} {v}" for k, v in extra.items()))
+    codecs = report.get("l2_codecs")
+    if codecs:
+        lines += ["", f"L2 encodings of one {q['page_size']}-event page, median of {codecs['repeats']} "
+                  f"(hit = open + decode + GET; {codecs['stored']} is what the cache stores, {codecs['baseline']} "
+                  "what it stored before)",
+                  f"  {'encoding':<22}{'bytes':>8}{'sealed':>8}{'encode us':>11}{'decode us':>11}{'GET us':>9}"
+                  f"{'hit us':>9}{'/before':>9}"]
+        for name, c in sorted(codecs["candidates"].items(), key=lambda kv: kv[1]["hit_us"]):
+            lines.append(f"  {name:<22}{c['plain_bytes']:>8,}{c['sealed_bytes']:>8,}{c['encode_and_seal_us']:>11.1f}"
+                         f"{c['open_and_decode_us']:>11.1f}{c['redis_get_us']:>9.1f}{c['hit_us']:>9.1f}"
+                         f"{c['hit_over_baseline']:>9.2f}")
     lines.append("")
     for key, t in report["targets"].items():
         verdict = "met" if t["met"] else "MISSED"
@@ -380,6 +422,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     shapes = [Shape(q, args.page_size, raw_conn) for q in queries]
                     db.router.wait_measured()
                     timing = measure(db, raw_conn, tuned_conn, shapes, args, has_l2=servers.redis_url is not None)
+                    codecs = compare_codecs(db, shapes[0], servers.redis_url, prefix, args)
                     in_month = raw_conn.execute("SELECT count(*) FROM audit_log WHERE event_time >= %s "
                                                 "AND event_time < %s", (since, until)).fetchone()
             finally:
@@ -393,6 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "query": {"month": f"[{since.date()}, {until.date()})", "page_size": args.page_size, "shapes": len(shapes),
                   "rows_in_month": int(in_month[0]) if in_month else 0, "consistency": "strong (primary)"},
         "timing": timing,
+        "l2_codecs": codecs,
         "round_trips": trips,
         "targets": checked,
         "ratios": {f"{m}_over_raw_{p}": s[f"over_raw_{p}"] for m, s in timing["methods"].items() if m != "raw"
@@ -411,6 +455,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=positive_int, default=6, help="untimed runs of each shape per method (6)")
     parser.add_argument("--count-queries", type=positive_int, default=100,
                         help="queries per variant whose round trips are counted (100)")
+    parser.add_argument("--codec-repeats", type=positive_int, default=300,
+                        help="repeats of each L2 encoding compared on one page (300)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the lookup order (1)")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"JSON report ({DEFAULT_OUTPUT})")
     args = parser.parse_args(argv)

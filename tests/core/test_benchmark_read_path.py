@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow  # two runs of the benchmark: about 20-40 s
 
 Run = tuple[subprocess.CompletedProcess[str], dict[str, Any]]
 SMALL = ["--rows", "3000", "--principals", "10", "--shapes", str(SHAPES), "--lookups", str(LOOKUPS),
-         "--count-queries", str(COUNTED)]
+         "--count-queries", str(COUNTED), "--codec-repeats", "5"]
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +83,57 @@ def test_round_trips_are_counted_per_query(small_run: Run, servers: Any) -> None
     assert set(trips) - {"queries_counted"} == variants
     assert all(trips[v] >= 1 for v in variants)
     assert "round trips" in proc.stdout
+
+
+def test_l2_encodings_are_compared_on_a_page(small_run: Run, servers: Any) -> None:
+    proc, report = small_run
+    codecs = report["l2_codecs"]
+    if not servers.redis_url:
+        assert codecs is None
+        return
+    candidates = codecs["candidates"]
+    # orjson is a candidate where it is installed (the dev extra has it; the core-only lane does not).
+    names = {"json", "msgspec_json", "msgspec_msgpack"} | ({"orjson"} if importlib.util.find_spec("orjson") else set())
+    assert set(candidates) == {n + c for n in names for c in ("", "+zlib", "+lz4")}
+    assert codecs["stored"] == "msgspec_msgpack+lz4" and codecs["baseline"] == "msgspec_json+zlib"
+    assert codecs["events"] == 100 and codecs["repeats"] == 5
+    base = candidates[codecs["baseline"]]["hit_us"]
+    overhead = 17 + 12 + 16  # header, nonce, GCM tag
+    for name, c in candidates.items():
+        assert c["hit_us"] == pytest.approx(c["open_and_decode_us"] + c["redis_get_us"], abs=0.2), name
+        assert c["hit_over_baseline"] == pytest.approx(c["hit_us"] / base, rel=2e-2, abs=0.01), name
+        assert c["encode_and_seal_us"] > 0 and c["redis_get_us"] > 0, name
+        if name.endswith(("+zlib", "+lz4")):
+            assert c["sealed_bytes"] < candidates[name.split("+")[0]]["plain_bytes"], name  # a page compresses
+        else:
+            assert c["sealed_bytes"] == c["plain_bytes"] + overhead, name
+    assert "L2 encodings of one 100-event page" in proc.stdout and "msgspec_msgpack+lz4" in proc.stdout
+
+
+CODEC_SABOTAGE = """
+import sys
+import dataclasses
+import benchmarks.cache_codecs as codecs
+import benchmarks.read_path as bench
+
+honest = codecs._msgspec_json_decode
+codecs._msgspec_json_decode = lambda text: dataclasses.replace(honest(text), events=honest(text).events[1:])
+sys.exit(bench.main(sys.argv[1:]))
+"""
+
+
+def test_an_encoding_that_loses_an_event_fails_the_run(servers: Any, tmp_path: Path) -> None:
+    if not servers.redis_url:
+        pytest.skip("the encodings are compared only with Redis (no AUDIT_TEST_REDIS_URL for this server)")
+    output = tmp_path / "read_path.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", CODEC_SABOTAGE, "--rows", "1500", "--principals", "5", "--shapes", "2", "--lookups",
+         "4", "--count-queries", "2", "--codec-repeats", "2", "--output", str(output)],
+        cwd=REPO, env=bench_env(servers), capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 2, f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert "CHECK FAILED" in proc.stderr and "msgspec_json: the decoded page differs" in proc.stderr
+    assert not output.exists()
 
 
 SABOTAGE = """

@@ -12,11 +12,14 @@ import time
 import zlib
 from collections.abc import Iterator
 
+import msgspec
+import pyarrow
 import pytest
 import redis
 
 from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings
 from audit_db_core.cache import ALL, CacheSeal, LRUCache, read_scope, write_scopes
+from audit_db_core.cache_codec import VERSION as VALUE_FORMAT
 from tests.conftest import TestServers as Servers
 
 UTC = dt.UTC
@@ -122,7 +125,7 @@ def test_a_write_into_the_window_invalidates_at_once_others_stay_cached(cdb: Aud
     assert cdb.count(q(), consistency="eventual") == 5
 
 
-def test_l2_is_shared_by_another_client_and_holds_sealed_compressed_json(cdb: AuditDatabase,
+def test_l2_is_shared_by_another_client_and_holds_sealed_messagepack(cdb: AuditDatabase,
                                                                          cached_settings: AuditSettings) -> None:
     cdb.insert(event(DAY + dt.timedelta(hours=1), details={"ward": "icu"}))
     page = cdb.query(q(), consistency="eventual")
@@ -142,10 +145,17 @@ def test_l2_is_shared_by_another_client_and_holds_sealed_compressed_json(cdb: Au
     assert b"icu" not in raw and b"dr.grey" not in raw and b"patient" not in raw
     with pytest.raises(zlib.error):
         zlib.decompress(raw)
-    # Inside, with the key: JSON in zlib (no pickle).
+    # Inside, with the key: a marker byte, then MessagePack (no pickle), LZ4-compressed (marker 1) after its size
+    # when that is smaller: [format, scopes, limits, page].
     plaintext, _, _ = CacheSeal(cached_settings.cache.key_bytes).unseal(key, raw)  # type: ignore[arg-type]
-    doc = json.loads(zlib.decompress(plaintext))
-    assert doc["p"]["rows"][0]["details"] == {"ward": "icu"}
+    body = plaintext[1:]
+    if plaintext[0] == 1:
+        body = pyarrow.decompress(body[4:], decompressed_size=int.from_bytes(body[:4], "big"), codec="lz4_raw",
+                                  asbytes=True)
+    else:
+        assert plaintext[0] == 0
+    doc = msgspec.msgpack.decode(body)
+    assert doc[0] == VALUE_FORMAT and doc[3]["rows"][0]["details"] == {"ward": "icu"}
 
 
 def test_l2_entry_is_refused_after_a_write_from_another_client(cdb: AuditDatabase,

@@ -13,6 +13,8 @@ import uuid
 import zlib
 from collections.abc import Iterator
 
+import msgspec
+import pyarrow
 import pytest
 import redis
 
@@ -56,14 +58,14 @@ def q(limit: int = 100, cursor: str | None = None) -> AuditQuery:
     return AuditQuery(principal_id="dr.grey", since=DAY, until=DAY + dt.timedelta(days=2), limit=limit, cursor=cursor)
 
 
-def events(n: int) -> list[AuditEvent]:
+def events(n: int, details: list[dict] = DETAILS) -> list[AuditEvent]:
     return [AuditEvent(action="patient.record.read", status=("success", "failure", "attempt")[i % 3],
                        principal_id="dr.grey", event_time=DAY + dt.timedelta(minutes=7 * i, microseconds=i),
                        data_classification=("PHI", "INTERNAL", "PUBLIC", "CONFIDENTIAL")[i % 4],
                        organization_id="org-1" if i % 2 else None, target_resource_type="Patient",
                        target_resource_id=f"p-{i}", outcome_description=None if i % 3 else "ok",
                        correlation_id=f"c-{i}", session_id="s-1", source="ehr", processing_latency_ms=i or None,
-                       details=DETAILS[i % len(DETAILS)]) for i in range(n)]
+                       details=details[i % len(details)]) for i in range(n)]
 
 
 def redis_key(db: AuditDatabase, query: AuditQuery) -> str:
@@ -87,9 +89,29 @@ def assert_same_page(got: QueryPage, want: QueryPage) -> None:
         assert mine.canonical_bytes() == theirs.canonical_bytes()
 
 
-def test_an_l2_page_is_the_database_page(settings: AuditSettings) -> None:
+def plaintext_of(settings: AuditSettings, client: redis.Redis, key: str) -> bytes:
+    blob = client.get(key)
+    assert blob is not None
+    return CacheSeal(settings.cache.key_bytes).unseal(key, blob)[0]  # type: ignore[arg-type]
+
+
+def envelope_of(plaintext: bytes) -> list:
+    """The envelope ``[version, scopes, limits, payload]`` of a plaintext, read as the format describes it (marker
+    byte: bit 0 LZ4 after a 4-byte big-endian size, bit 1 JSON instead of MessagePack), not through cache_codec."""
+    marker, body = plaintext[0], plaintext[1:]
+    if marker & 1:
+        size = int.from_bytes(body[:4], "big")
+        body = pyarrow.decompress(body[4:], decompressed_size=size, codec="lz4_raw", asbytes=True)
+    return json.loads(body) if marker & 2 else msgspec.msgpack.decode(body)
+
+
+# Details with an integer beyond 64 bits (DETAILS[1]) make a page JSON: MessagePack cannot hold that integer.
+@pytest.mark.parametrize("details, marker", [(DETAILS[:1] + DETAILS[2:], 1), (DETAILS, 3)],
+                         ids=["messagepack", "json-for-a-huge-integer"])
+def test_an_l2_page_is_the_database_page(settings: AuditSettings, client: redis.Redis, details: list[dict],
+                                         marker: int) -> None:
     with AuditDatabase(settings) as db:
-        db.insert_many(events(120))
+        db.insert_many(events(120, details))
         first = db.query(q(), consistency="eventual")
         assert first.extra["source"] == "primary" and len(first) == 100 and first.next_cursor is not None
         second = db.query(q(cursor=first.next_cursor), consistency="eventual")
@@ -98,6 +120,10 @@ def test_an_l2_page_is_the_database_page(settings: AuditSettings) -> None:
         pages = [other.query(q(), consistency="eventual"), other.query(q(cursor=first.next_cursor),
                                                                        consistency="eventual")]
         assert [p.extra["source"] for p in pages] == ["cache-l2", "cache-l2"]
+        plaintext = plaintext_of(settings, client, redis_key(other, q()))
+        assert plaintext[0] == marker  # compressed (LZ4), in the encoding expected
+        envelope = envelope_of(plaintext)
+        assert envelope[0] == VERSION and len(envelope[3]["rows"]) == 100
         for got, want in zip(pages, truth, strict=True):
             assert_same_page(got, want)
         assert len(second) == 20 and pages[1].next_cursor is None
@@ -107,12 +133,16 @@ def test_an_l2_page_is_the_database_page(settings: AuditSettings) -> None:
         assert other.cache.stats()["l2_rejected"] == 0
 
 
-def test_the_page_codec_round_trips_as_text_and_as_builtins(settings: AuditSettings) -> None:
+def test_the_page_codec_round_trips_as_bytes_and_as_builtins(settings: AuditSettings) -> None:
     with AuditDatabase(settings) as db:
         db.insert_many(events(8))
         page = db.query(q(), consistency="strong")
     page.extra["note"] = "kept"
-    from_bytes = page_from_json.from_json_bytes(page_to_json.json_bytes(page))
+    scope = ("d2026-11-10", "d2026-11-11")
+    plaintext, _ = encode_value(scope, [1, 2], page_to_json.document(page))
+    limits, doc = decode_value(plaintext, 1 << 20, scope, page_from_json.payload_type)
+    assert limits == (1, 2)
+    from_bytes = page_from_json.from_typed(doc)
     from_builtins = page_from_json(json.loads(json.dumps(page_to_json(page))))  # any ResultCache's JSON
     for got in (from_bytes, from_builtins):
         assert_same_page(got, page)
@@ -134,11 +164,9 @@ def test_counts_and_small_values_are_stored_uncompressed_and_read_back(settings:
         assert db.count(q(), consistency="eventual") == 3
         key = db.cache.redis_key(db.cache.key("count", q().filters(), {}))
         assert key is not None
-    blob = client.get(key)
-    assert blob is not None
-    plaintext, _, _ = CacheSeal(settings.cache.key_bytes).unseal(key, blob)  # type: ignore[arg-type]
-    doc = json.loads(plaintext)  # small: plain JSON, not worth compressing
-    assert doc["v"] == VERSION and doc["s"] == ["d2026-11-10", "d2026-11-11"] and doc["p"] == 3
+    plaintext = plaintext_of(settings, client, key)
+    assert plaintext[0] == 0  # small: plain MessagePack, not worth compressing
+    assert envelope_of(plaintext) == [VERSION, ["d2026-11-10", "d2026-11-11"], envelope_of(plaintext)[2], 3]
     with AuditDatabase(settings) as other:
         assert other.count(q(), consistency="eventual") == 3
         assert other.cache.stats()["l2_hits"] == 1
@@ -156,35 +184,33 @@ def cold_read(settings: AuditSettings) -> tuple[str, dict]:
         return page.extra["source"], db.cache.stats()
 
 
-def test_a_value_of_the_previous_format_is_a_plain_miss(settings: AuditSettings, client: redis.Redis) -> None:
-    """Format 2 (stdlib JSON, hex hashes, no version), sealed with the right key and put where format 3 is looked
-    up: not used, not an error, and not taken for an attack."""
+def test_values_of_earlier_formats_are_plain_misses(settings: AuditSettings, client: redis.Redis) -> None:
+    """Formats 2 (stdlib JSON, hex hashes, no version) and 3 (msgspec JSON in zlib), sealed with the right key and
+    put where this format is looked up: not used, not an error, and not taken for an attack."""
     with AuditDatabase(settings) as db:
-        db.insert_many(events(2))
+        db.insert_many(events(2, DETAILS[:1]))
         page = db.query(q(), consistency="eventual")
         key = redis_key(db, q())
         scope = ["d2026-11-10", "d2026-11-11"]
     rows = [{**e.canonical_dict(), "content_hash": e.content_hash.hex(), "ingested_at": None} for e in page.events]
-    old = zlib.compress(json.dumps({"s": scope, "l": [2**62, 2**62], "p": {"rows": rows, "next": None,
-                                                                            "limit": 100}}).encode())
-    client.set(key, seal_at(settings, key, old), px=60_000)
-    source, stats = cold_read(settings)
-    assert source == "primary" and stats["l2_hits"] == 0 and stats["l2_rejected"] == 0
-    # Another version's value, even with the envelope of this one: a plain miss too.
-    other_version, _ = encode_value(scope, [2**62, 2**62], page_to_json.json_bytes(page))
-    other_version = zlib.compress(zlib.decompress(other_version).replace(b'"v":%d' % VERSION, b'"v":%d' % (VERSION + 1)))
-    client.set(key, seal_at(settings, key, other_version), px=60_000)
-    source, stats = cold_read(settings)
-    assert source == "primary" and stats["l2_hits"] == 0 and stats["l2_rejected"] == 0
+    format_2 = zlib.compress(json.dumps({"s": scope, "l": [2**62, 2**62], "p": {"rows": rows, "next": None,
+                                                                                 "limit": 100}}).encode())
+    format_3 = msgspec.json.encode({"v": 3, "s": scope, "l": [2**62, 2**62], "p": page_to_json(page)})
+    # Another version's value, with the marker and envelope of this one: a plain miss too.
+    other_version = b"\x00" + msgspec.msgpack.encode([VERSION + 1, scope, [2**62, 2**62], page_to_json(page)])
+    for old in (format_2, format_3, zlib.compress(format_3, 1), other_version):
+        client.set(key, seal_at(settings, key, old), px=60_000)
+        source, stats = cold_read(settings)
+        assert source == "primary" and stats["l2_hits"] == 0 and stats["l2_rejected"] == 0, old[:12]
 
 
 @pytest.mark.parametrize("payload", [
-    b'{"rows":[{"event_id":"not a uuid"}],"next":null,"limit":100}',
-    b'{"rows":"none","next":null,"limit":100}',
-    b'[1,2,3]',
+    {"rows": [{"event_id": "not a uuid"}], "next": None, "limit": 100},
+    {"rows": "none", "next": None, "limit": 100},
+    [1, 2, 3],
 ], ids=["bad-row", "bad-rows", "not-a-page"])
 def test_an_authentic_value_that_does_not_decode_is_a_counted_miss(settings: AuditSettings, client: redis.Redis,
-                                                                    payload: bytes) -> None:
+                                                                    payload: object) -> None:
     with AuditDatabase(settings) as db:
         db.insert_many(events(2))
         db.query(q(), consistency="eventual")
@@ -195,20 +221,28 @@ def test_an_authentic_value_that_does_not_decode_is_a_counted_miss(settings: Aud
     assert source == "primary" and stats["l2_hits"] == 0 and stats["l2_rejected"] == 1
 
 
-def test_an_envelope_for_another_scope_or_not_json_is_refused() -> None:
-    plaintext, _ = encode_value(["d1", "d2"], [5, 6], b"7")
-    assert decode_value(plaintext, 1 << 20, ("d1", "d2"))[0] == (5, 6)
+def test_an_envelope_for_another_scope_or_undecodable_is_refused() -> None:
+    plaintext, _ = encode_value(["d1", "d2"], [5, 6], 7)
+    assert decode_value(plaintext, 1 << 20, ("d1", "d2")) == ((5, 6), 7)
     for scope in (("d1",), ("d2", "d1"), ("d1", "d3")):
         with pytest.raises(Refused, match="scope"):
             decode_value(plaintext, 1 << 20, scope)
-    for garbage in (b"{not json", b'{"v":3,"s":"d1","l":[1],"p":1}', b"\x78garbage"):
+    lz4_garbage = b"\x01" + (100).to_bytes(4, "big") + b"garbage, not an LZ4 block"
+    for garbage in (b"", b"\x00\xc1", b"\x00" + msgspec.msgpack.encode([VERSION, "d1", [1], 1]),
+                    b"\x02{not json", b"\x09" + plaintext[1:], b"\x01\x00", lz4_garbage):
         with pytest.raises(Refused) as refused:
             decode_value(garbage, 1 << 20, ("d1",))
-        assert refused.value.suspicious
-    big, _ = encode_value(["d1"], [1], b'"' + b"x" * 5000 + b'"')
-    assert big[:1] == b"\x78"  # compressed above COMPRESS_MIN_BYTES
+        assert refused.value.suspicious, garbage
+    big, size = encode_value(["d1"], [1], "x" * 5000)
+    assert big[:1] == b"\x01" and len(big) < size  # compressed (LZ4) above COMPRESS_MIN_BYTES
+    assert decode_value(big, size, ("d1",)) == ((1,), "x" * 5000)
     with pytest.raises(Refused, match="AUDIT_CACHE__MAX_VALUE_BYTES"):
-        decode_value(big, 1000, ("d1",))
+        decode_value(big, size - 1, ("d1",))  # refused by its stated size, before any decompression
+    understated = big[:1] + (1000).to_bytes(4, "big") + big[5:]  # a size that lies: decompression stops there
+    with pytest.raises(Refused, match="not LZ4 of the stated size"):
+        decode_value(understated, 1 << 20, ("d1",))
+    huge, _ = encode_value(["d1"], [1], {"n": 10**30})  # beyond MessagePack: JSON (not worth compressing)
+    assert huge[:1] == b"\x02" and decode_value(huge, 1 << 20, ("d1",)) == ((1,), {"n": 10**30})
 
 
 # -- the L1 LRU under threads ---------------------------------------------------------------------------------------

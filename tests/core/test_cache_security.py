@@ -1,8 +1,8 @@
 """The L2 cache against a Redis that others can write to, on the real Redis and PostgreSQL of the suite.
 
 Whatever a neighbour writes into Redis — a value sealed with another key, garbage, a genuine value moved to another
-key, a zlib bomb, a genuine value written back after its TTL, a forged generation counter or message, forged breaker
-states — is a miss: counted, logged without the value, never raised and never returned. Two servers whose databases
+key, a compression bomb, a genuine value written back after its TTL, a forged generation counter or message, forged
+breaker states — is a miss: counted, logged without the value, never raised and never returned. Two servers whose databases
 have the same name, sharing one Redis, never see each other's rows. Without a key, L2 stays off.
 """
 
@@ -14,16 +14,17 @@ import logging
 import secrets
 import time
 import uuid
-import zlib
 from collections.abc import Iterator
 
 import psycopg
+import pyarrow
 import pytest
 import redis
 from psycopg import sql
 
 from audit_db_core import AuditDatabase, AuditEvent, AuditQuery, AuditSettings, ConfigurationError
 from audit_db_core.cache import CacheSeal, QueryCache
+from audit_db_core.cache_codec import encode_value
 from audit_db_core.errors import MigrationError
 from audit_db_core.migrate import SCHEMA_VERSION, migrate
 from tests.conftest import TEST_CACHE_KEY, dbname_of, with_dbname
@@ -76,15 +77,13 @@ def base(db: AuditDatabase) -> str:
 
 
 def injected_page(genuine: AuditDatabase, query: AuditQuery) -> bytes:
-    """The compressed JSON document of a page holding one made-up event (what a forger wants served)."""
+    """The plaintext of a page holding one made-up event, in the cache's own format (what a forger wants served)."""
     from audit_db_core.database import _page_to_json
 
     page = genuine.query(query, consistency="strong")
     fake = page.events[0].model_copy(update={"event_id": uuid.uuid4(), "principal_id": "dr.evil"})
     page.events[:] = [fake]
-    scope = ["d2026-11-10"]
-    doc = {"s": scope, "l": [2**62], "p": _page_to_json(page)}
-    return zlib.compress(json.dumps(doc, default=str).encode())
+    return encode_value(["d2026-11-10"], [2**62], _page_to_json.document(page))[0]
 
 
 def cold_read(settings: AuditSettings, query: AuditQuery) -> tuple[list[str], str, dict]:
@@ -146,15 +145,19 @@ def test_a_genuine_value_moved_to_another_key_is_refused(cached: AuditDatabase, 
     assert stats["l2_rejected"] == 1
 
 
-def test_a_zlib_bomb_is_refused_without_inflating_it(fresh_database: str, redis_url: str, client: redis.Redis,
-                                                     caplog: pytest.LogCaptureFixture) -> None:
+def test_a_compression_bomb_is_refused_without_decompressing_it(fresh_database: str, redis_url: str,
+                                                                client: redis.Redis,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
     """Sealed with the right key (a holder of the key gone rogue, or a bug): the decompression limit still holds."""
     settings = make_settings(fresh_database, redis_url, max_value_bytes=64 * 1024)
     with AuditDatabase(settings) as db:
         db.insert(event(DAY + dt.timedelta(hours=1)))
         db.query(q(), consistency="eventual")
         key = page_key(db, q())
-        bomb = zlib.compress(b"[" + b" " * (256 * 1024 * 1024) + b"]", 9)  # 256 MiB of JSON in ~250 KB
+        size = 64 * 1024 * 1024  # 64 MiB of MessagePack (one long string) in ~260 KB of LZ4
+        body = b"\xdb" + (size - 5).to_bytes(4, "big") + b" " * (size - 5)
+        bomb = b"\x01" + size.to_bytes(4, "big") + pyarrow.compress(body, codec="lz4_raw", asbytes=True)
+        del body
         assert len(bomb) < 400_000
         sealed = CacheSeal(settings.cache.key_bytes).seal(  # type: ignore[arg-type]
             key, bomb, created_ms=int(time.time() * 1000), ttl_ms=60_000)
