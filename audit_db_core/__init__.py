@@ -26,6 +26,7 @@ from audit_db_core.errors import (
     MigrationError,
     PartitionError,
     Severity,
+    UnconfirmedCommitError,
     classify,
 )
 from audit_db_core.events import AuditEvent, DataClassification, EventStatus, StoredAuditEvent
@@ -81,6 +82,7 @@ __all__ = [
     "QueryPage",
     "Severity",
     "StoredAuditEvent",
+    "UnconfirmedCommitError",
     "classify",
     "migrate",
 ]

@@ -416,8 +416,8 @@ class IngestSettings(_Section):
         "unset = the server's own setting. With synchronous_standby_names set on the primary (or Patroni's "
         "synchronous_mode), 'on' or 'remote_apply' acknowledge a write only once a standby has it: an acknowledged "
         "write survives the loss of the primary, at the cost of a wait for the standby per commit (see "
-        "docs/guides/reads-and-failures.md, Zero acknowledged loss). 'off' is refused: it may lose acknowledged "
-        "writes in a crash",
+        "docs/guides/reads-and-failures.md, Zero acknowledged loss); a write whose wait for the standby was "
+        "cancelled raises UnconfirmedCommitError. 'off' is refused: it may lose acknowledged writes in a crash",
     )
 
 

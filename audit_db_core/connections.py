@@ -28,7 +28,13 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from audit_db_core import telemetry
 from audit_db_core.config import AuditSettings
-from audit_db_core.errors import AuditConnectionError, ConnectionSettingError, classify, redact
+from audit_db_core.errors import (
+    AuditConnectionError,
+    ConnectionSettingError,
+    UnconfirmedCommitError,
+    classify,
+    redact,
+)
 
 logger = logging.getLogger("audit_db_core.connections")
 
@@ -432,9 +438,11 @@ class ConnectionManager:
             conn = psycopg.connect(self.settings.database_url.get_secret_value(), autocommit=autocommit, **kwargs)
         except psycopg.Error as exc:
             raise classify(exc, operation=operation) from None
+        watch_commits(conn)
         try:
             with conn:
                 yield conn
+            raise_if_unconfirmed(conn, operation)
         except psycopg.Error as exc:
             raise classify(exc, operation=operation) from exc
 
@@ -632,8 +640,55 @@ _UNREACHABLE = (
 
 def configure_connection(conn: psycopg.Connection[Any]) -> None:
     """What a pooled connection gets once, when the pool opens it: ``json`` / ``jsonb`` values decoded by
-    :func:`load_json`."""
+    :func:`load_json`, and the watch for commits no synchronous standby confirmed (:func:`raise_if_unconfirmed`)."""
     set_json_loads(load_json, conn)
+    watch_commits(conn)
+
+
+class _CommitWatch:
+    """Set by the connection's notice handler when the server says a commit's wait for a synchronous standby was
+    cancelled; read and cleared by :func:`raise_if_unconfirmed` after each commit."""
+
+    __slots__ = ("unconfirmed",)
+
+    def __init__(self) -> None:
+        self.unconfirmed = 0
+
+    def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
+        if (diag.severity_nonlocalized == "WARNING" and diag.sqlstate == "01000"
+                and _SYNC_REP_CANCELLED in (diag.message_primary or "")):
+            self.unconfirmed += 1
+
+
+# The server's own words (syncrep.c); a server whose lc_messages is not English says them otherwise, and is not seen.
+_SYNC_REP_CANCELLED = "wait for synchronous replication"
+
+def watch_commits(conn: psycopg.Connection[Any]) -> None:
+    """Watch ``conn`` for commits that PostgreSQL made only locally because their wait for a synchronous standby
+    was cancelled: it then answers the commit with success and a WARNING, which psycopg would only log."""
+    watch = _CommitWatch()
+    conn.add_notice_handler(watch)
+    conn._audit_commit_watch = watch  # type: ignore[attr-defined]
+
+
+def raise_if_unconfirmed(conn: psycopg.Connection[Any], operation: str, note: str = "", *, seen: int | None = None,
+                         **context: Any) -> None:
+    """After a commit on ``conn``: raise :class:`UnconfirmedCommitError` when the server said it committed without
+    the synchronous standby's confirmation (see :func:`watch_commits`); nothing otherwise. ``note`` ends the
+    message; ``seen``: the events of the call before this batch (``events_before_batch``)."""
+    watch: _CommitWatch | None = getattr(conn, "_audit_commit_watch", None)
+    if watch is None or not watch.unconfirmed:
+        return
+    watch.unconfirmed = 0
+    raise UnconfirmedCommitError(
+        "committed on the primary, but no synchronous standby confirmed it: the commit's wait for the standby was "
+        "cancelled (pg_cancel_backend or a cancel request), so PostgreSQL committed locally; the write is stored "
+        "but a failover before a standby catches up would lose it (re-sending it is harmless, and does not "
+        f"confirm it){' ' + note if note else ''}",
+        operation=operation,
+        events_before_batch=seen,
+        **context,
+    )
 
 
 _raw_decode = json.JSONDecoder().raw_decode
@@ -685,6 +740,9 @@ def _lent(pool: ConnectionPool, conn: psycopg.Connection[Any], autocommit: bool,
     or in autocommit (each statement its own transaction: nothing to commit or roll back); driver errors classified;
     back to the pool at the end, out of autocommit. One that cannot be switched back (it broke) is closed and the
     pool replaces it: the next borrower must get the pool's usual transactional connection."""
+    watch: _CommitWatch | None = getattr(conn, "_audit_commit_watch", None)
+    if watch is not None:
+        watch.unconfirmed = 0  # a warning an earlier borrower's failed call left is not this call's
     try:
         if autocommit:
             conn.autocommit = True  # a client-side switch while idle: no round trip
@@ -692,6 +750,7 @@ def _lent(pool: ConnectionPool, conn: psycopg.Connection[Any], autocommit: bool,
         else:
             with conn:
                 yield
+        raise_if_unconfirmed(conn, operation, **context)
     except psycopg.errors.ReadOnlySqlTransaction as exc:
         # The server became a standby under this connection (a failover, a switchover): close it, so the pool's
         # next connection goes to whichever host is the primary now (target_session_attrs=read-write).

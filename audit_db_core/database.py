@@ -32,7 +32,9 @@ from audit_db_core.cache import QueryCache, range_scopes, read_scope, write_scop
 from audit_db_core.cache_codec import page_from_json as _page_from_json
 from audit_db_core.cache_codec import page_to_json as _page_to_json
 from audit_db_core.config import AuditSettings, ConsistencyLevel
-from audit_db_core.connections import CURRENT_LSN, ConnectionManager, current_lsn, format_lsn, parse_lsn
+from audit_db_core.connections import (
+    CURRENT_LSN, ConnectionManager, current_lsn, format_lsn, parse_lsn, raise_if_unconfirmed,
+)
 from audit_db_core.deployment import read_deployment_id
 from audit_db_core.errors import (
     AuditError,
@@ -252,6 +254,9 @@ def _insert_many(
             written += new
             if on_batch is not None:
                 on_batch(conn, [row[_TIME] for row in rows])
+            if commit_each:
+                raise_if_unconfirmed(conn, "insert_many", f"(this batch of {len(chunk)} events is stored on the "
+                                     f"primary; {written} new events by this call in all)", seen=seen, written=written)
         except AuditValidationError as exc:
             if commit_each and seen:
                 exc.amend(_STORED_BEFORE.format(seen), events_before_batch=seen)

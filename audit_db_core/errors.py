@@ -320,6 +320,20 @@ class CircuitOpenError(AuditConnectionError):
         )
 
 
+class UnconfirmedCommitError(AuditError):
+    """A write committed on the primary that no synchronous standby confirmed: with ``synchronous_commit`` ``on`` /
+    ``remote_write`` / ``remote_apply`` and a synchronous standby named, the commit's wait for that standby was
+    cancelled (``pg_cancel_backend``, a client's cancel request), and PostgreSQL then commits locally and answers
+    with only a warning. The write is stored (``committed`` is True) and is not lost while the primary lives;
+    re-sending it is harmless but does not confirm it. What it lacks is the copy on a standby that the setting asks
+    for before a write is acknowledged: a failover before the standby catches up would lose it."""
+
+    category = ErrorCategory.DATABASE
+    severity = Severity.HIGH
+    retryable = False
+    committed = True
+
+
 class PartitionError(AuditError):
     """A partition could not be created, found or changed."""
 

@@ -476,3 +476,81 @@ def test_writes_follow_a_promoted_replica(promotable_servers: tuple[LocalServers
     assert {e for _, e in acknowledged} <= set(counts)  # every acknowledged write is on the new primary …
     assert set(counts.values()) == {1}  # … exactly once
     assert identity == (deployment,)  # the same deployment, on its new primary
+
+
+@pytest.fixture
+def synchronous_servers() -> Iterator[tuple[LocalServers, LocalEndpoints]]:
+    """A primary whose replica is its synchronous standby; the test stops and starts that replica."""
+    with migrated_servers("audit-sync-servers-", redis=False) as pair:
+        pair[0].synchronous()
+        yield pair
+
+
+def _cancel_the_standby_wait(primary_url: str, calls: list[threading.Thread]) -> None:
+    """What an operator's ``pg_cancel_backend`` does to commits stuck waiting for a synchronous standby: wait until
+    a backend waits on ``SyncRep``, then cancel every such wait (the calls in ``calls`` then return or raise)."""
+    with psycopg.connect(primary_url, autocommit=True) as admin:
+        assert wait_for(lambda: admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'").fetchone()[0] > 0, 30)
+        admin.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+    for call in calls:
+        call.join(30)
+        assert not call.is_alive(), "a write still waits for the standby after its wait was cancelled"
+
+
+def test_a_commit_no_standby_confirmed_is_not_acknowledged(
+        synchronous_servers: tuple[LocalServers, LocalEndpoints]) -> None:
+    """synchronous_commit 'on' with the standby down: a write waits; when that wait is cancelled PostgreSQL commits
+    locally and answers with only a warning. The library must not report that write as acknowledged: insert and
+    insert_many raise UnconfirmedCommitError (committed, not retryable), the rows are stored exactly once, and once
+    the standby is back the next write through the same connections is acknowledged as usual."""
+    from audit_db_core import UnconfirmedCommitError
+
+    servers, ep = synchronous_servers
+    settings = fault_settings(ep, replica_urls=[], redis_url=None, cache={"enabled": False},
+                              pool={"min_size": 1, "max_size": 1}, ingest={"synchronous_commit": "on", "batch_size": 2})
+    marker = uuid.uuid4().hex[:8]
+    outcomes: dict[str, object] = {}
+
+    def call(name: str, fn) -> threading.Thread:  # type: ignore[no-untyped-def]
+        def run() -> None:
+            try:
+                outcomes[name] = fn()
+            except BaseException as exc:  # noqa: BLE001 - the outcome is what the test checks
+                outcomes[name] = exc
+        return threading.Thread(target=run)
+
+    with AuditDatabase(settings) as db:
+        assert db.insert(AuditEvent(action="user.login", status="success", principal_id=marker))  # standby up
+        servers.stop("replica")
+        one = AuditEvent(action="patient.record.read", status="success", principal_id=marker)
+        thread = call("insert", lambda: db.insert(one))
+        thread.start()
+        _cancel_the_standby_wait(ep.database_url, [thread])
+        error = outcomes["insert"]
+        assert isinstance(error, UnconfirmedCommitError), error
+        assert error.committed and not error.retryable and error.operation == "insert"
+        assert "no synchronous standby confirmed it" in str(error)
+
+        batch = [{"action": "patient.record.update", "status": "success", "principal_id": marker,
+                  "event_id": str(uuid.uuid4()), "event_time": dt.datetime.now(dt.timezone.utc)}
+                 for _ in range(3)]  # batches of 2: the first one waits
+        thread = call("insert_many", lambda: db.insert_many(batch))
+        thread.start()
+        _cancel_the_standby_wait(ep.database_url, [thread])
+        error = outcomes["insert_many"]
+        assert isinstance(error, UnconfirmedCommitError), error
+        assert error.context["events_before_batch"] == 0 and error.context["written"] == 2
+        assert "this batch of 2 events is stored on the primary" in str(error)
+
+        servers.start("replica")
+        servers.synchronous()
+        assert db.insert_many(batch) == 1  # the third event; the first two are stored, not doubled
+        assert db.insert(AuditEvent(action="user.logout", status="success", principal_id=marker))
+    with psycopg.connect(ep.database_url) as conn:
+        rows = conn.execute("SELECT action, count(*) FROM audit_log WHERE principal_id = %s GROUP BY action",
+                            (marker,)).fetchall()
+    assert dict(rows) == {"user.login": 1, "patient.record.read": 1, "patient.record.update": 3, "user.logout": 1}
+    # Everything reached the standby once it was back (the last acknowledged write waited for it).
+    with psycopg.connect(ep.replica_urls[0]) as conn:
+        assert conn.execute("SELECT count(*) FROM audit_log WHERE principal_id = %s", (marker,)).fetchone() == (6,)
