@@ -646,22 +646,23 @@ def configure_connection(conn: psycopg.Connection[Any]) -> None:
 
 
 class _CommitWatch:
-    """Set by the connection's notice handler when the server says a commit's wait for a synchronous standby was
-    cancelled; read and cleared by :func:`raise_if_unconfirmed` after each commit."""
+    """The notice handler of a connection: ``cancelled`` is set when the server says a commit's wait for a
+    synchronous standby was cancelled; read and cleared by :func:`raise_if_unconfirmed` after each commit."""
 
-    __slots__ = ("unconfirmed",)
+    __slots__ = ("cancelled",)
 
     def __init__(self) -> None:
-        self.unconfirmed = 0
+        self.cancelled = False
 
     def __call__(self, diag: psycopg.errors.Diagnostic) -> None:
         if (diag.severity_nonlocalized == "WARNING" and diag.sqlstate == "01000"
                 and _SYNC_REP_CANCELLED in (diag.message_primary or "")):
-            self.unconfirmed += 1
+            self.cancelled = True
 
 
 # The server's own words (syncrep.c); a server whose lc_messages is not English says them otherwise, and is not seen.
 _SYNC_REP_CANCELLED = "wait for synchronous replication"
+
 
 def watch_commits(conn: psycopg.Connection[Any]) -> None:
     """Watch ``conn`` for commits that PostgreSQL made only locally because their wait for a synchronous standby
@@ -671,22 +672,27 @@ def watch_commits(conn: psycopg.Connection[Any]) -> None:
     conn._audit_commit_watch = watch  # type: ignore[attr-defined]
 
 
-def raise_if_unconfirmed(conn: psycopg.Connection[Any], operation: str, note: str = "", *, seen: int | None = None,
-                         **context: Any) -> None:
+def _cancelled_wait(conn: psycopg.Connection[Any]) -> bool:
+    """Whether a commit on ``conn`` went unconfirmed since the last call (which this one clears)."""
+    watch: _CommitWatch | None = getattr(conn, "_audit_commit_watch", None)
+    if watch is None or not watch.cancelled:
+        return False
+    watch.cancelled = False
+    return True
+
+
+def raise_if_unconfirmed(conn: psycopg.Connection[Any], operation: str, note: str = "", **context: Any) -> None:
     """After a commit on ``conn``: raise :class:`UnconfirmedCommitError` when the server said it committed without
     the synchronous standby's confirmation (see :func:`watch_commits`); nothing otherwise. ``note`` ends the
-    message; ``seen``: the events of the call before this batch (``events_before_batch``)."""
-    watch: _CommitWatch | None = getattr(conn, "_audit_commit_watch", None)
-    if watch is None or not watch.unconfirmed:
+    message."""
+    if not _cancelled_wait(conn):
         return
-    watch.unconfirmed = 0
     raise UnconfirmedCommitError(
         "committed on the primary, but no synchronous standby confirmed it: the commit's wait for the standby was "
         "cancelled (pg_cancel_backend or a cancel request), so PostgreSQL committed locally; the write is stored "
         "but a failover before a standby catches up would lose it (re-sending it is harmless, and does not "
         f"confirm it){' ' + note if note else ''}",
         operation=operation,
-        events_before_batch=seen,
         **context,
     )
 
@@ -740,9 +746,7 @@ def _lent(pool: ConnectionPool, conn: psycopg.Connection[Any], autocommit: bool,
     or in autocommit (each statement its own transaction: nothing to commit or roll back); driver errors classified;
     back to the pool at the end, out of autocommit. One that cannot be switched back (it broke) is closed and the
     pool replaces it: the next borrower must get the pool's usual transactional connection."""
-    watch: _CommitWatch | None = getattr(conn, "_audit_commit_watch", None)
-    if watch is not None:
-        watch.unconfirmed = 0  # a warning an earlier borrower's failed call left is not this call's
+    _cancelled_wait(conn)  # cleared: a warning an earlier borrower's failed call left is not this call's
     try:
         if autocommit:
             conn.autocommit = True  # a client-side switch while idle: no round trip

@@ -256,7 +256,8 @@ def _insert_many(
                 on_batch(conn, [row[_TIME] for row in rows])
             if commit_each:
                 raise_if_unconfirmed(conn, "insert_many", f"(this batch of {len(chunk)} events is stored on the "
-                                     f"primary; {written} new events by this call in all)", seen=seen, written=written)
+                                     f"primary; {written} new events by this call in all)",
+                                     events_before_batch=seen, written=written)
         except AuditValidationError as exc:
             if commit_each and seen:
                 exc.amend(_STORED_BEFORE.format(seen), events_before_batch=seen)
