@@ -53,8 +53,10 @@ def main() -> int:
         db.insert(AuditEvent(action="patient.record.read", status="success", principal_id=marker))
 
         def read() -> str:
-            """One eventual read, never from the cache (this demo is about servers): who served it."""
-            page = db.query(query, consistency="eventual", use_cache=False)
+            """One eventual read, never from the cache (this demo is about servers): who served it. With
+            read_your_writes, a replica serves it only once it has replayed the insert (else the primary does):
+            a plain eventual read may go to a replica a few milliseconds behind and find nothing yet."""
+            page = db.query(query, consistency="eventual", read_your_writes=True, use_cache=False)
             if len(page) != 1:
                 raise AssertionError(f"the read found {len(page)} events, not 1")
             return str(page.extra["source"])
